@@ -1,0 +1,1 @@
+"""Atlas stream processing: the Faust app, its settings, composition root and CLI."""

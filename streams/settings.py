@@ -1,0 +1,96 @@
+"""The one settings object, read from the environment and `.env`.
+
+Every variable is documented in `.env.sample`. Values are frozen once read; secrets are
+`SecretStr` so they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Settings(BaseSettings):
+    """Atlas configuration. Variables are prefixed `ATLAS_` except the three standard URLs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATLAS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    app_name: str = "atlas"
+    log_level: LogLevel = "INFO"
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ATLAS_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://atlas:atlas@127.0.0.1:5433/atlas"),
+        validation_alias=AliasChoices("DATABASE_URL", "ATLAS_DATABASE_URL"),
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6380/0"),
+        validation_alias=AliasChoices("REDIS_URL", "ATLAS_REDIS_URL"),
+    )
+
+    web_bind: str = "127.0.0.1"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+
+    topic_partitions: int = Field(default=8, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+
+    # Consumer-group membership: a killed worker is only evicted after the session timeout.
+    kafka_session_timeout_s: float = Field(default=10.0, gt=0)
+    kafka_heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    kafka_rebalance_timeout_s: float = Field(default=20.0, gt=0)
+    kafka_request_timeout_s: float = Field(default=30.0, gt=0)
+    kafka_commit_interval_s: float = Field(default=1.0, gt=0)
+
+    # Per-call timeouts of every dependency check and query.
+    postgres_timeout_s: float = Field(default=2.0, gt=0)
+    redis_timeout_s: float = Field(default=1.0, gt=0)
+    kafka_timeout_s: float = Field(default=3.0, gt=0)
+    postgres_pool_min: int = Field(default=0, ge=0)
+    postgres_pool_max: int = Field(default=10, ge=1)
+
+    # Local table state (RocksDB); each worker on a machine needs its own.
+    data_dir: Path | None = None
+    migrations_dir: Path = Field(default=REPO_ROOT / "migrations")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def worker_data_dir(self) -> Path:
+        return self.data_dir or REPO_ROOT / ".local" / f"worker-{self.web_port}"
+
+    @property
+    def canonical_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    @property
+    def kafka_broker_urls(self) -> list[str]:
+        return [
+            f"kafka://{s.strip()}" for s in self.kafka_bootstrap_servers.split(",") if s.strip()
+        ]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

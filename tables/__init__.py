@@ -1,0 +1,1 @@
+"""Atlas domain: ledger records, pure state transitions and the table definitions that hold them."""

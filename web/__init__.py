@@ -1,0 +1,1 @@
+"""Atlas HTTP layer on Faust's embedded aiohttp server, and the PostgreSQL intake side."""
