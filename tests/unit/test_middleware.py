@@ -1,0 +1,85 @@
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from web.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY
+from web.middleware import MIDDLEWARES
+
+
+async def item(request: web.Request) -> web.Response:
+    return web.json_response({"id": request.match_info["id"]})
+
+
+async def boom(request: web.Request) -> web.Response:
+    raise RuntimeError("the database password is hunter2")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:
+    app = web.Application(middlewares=MIDDLEWARES)
+    app.router.add_get("/v1/items/{id}", item)
+    app.router.add_get("/boom", boom)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_correlation_id_is_echoed_or_generated(client: TestClient) -> None:
+    r = await client.get("/v1/items/1", headers={"X-Correlation-ID": "abc-123"})
+    assert r.headers["X-Correlation-ID"] == "abc-123"
+    r = await client.get("/v1/items/1", headers={"X-Request-ID": "req-9"})
+    assert r.headers["X-Correlation-ID"] == "req-9"
+    r = await client.get("/v1/items/1")
+    assert len(r.headers["X-Correlation-ID"]) == 32
+    r = await client.get("/v1/items/1", headers={"X-Correlation-ID": "bad value\twith tab"})
+    assert r.headers["X-Correlation-ID"] != "bad value\twith tab"
+
+
+async def test_red_metrics_use_the_route_template(client: TestClient) -> None:
+    labels = {"method": "GET", "route": "/v1/items/{id}", "status": "200"}
+    before = sample("http_requests_total", **labels)
+    count_before = sample(
+        "http_request_duration_seconds_count", method="GET", route="/v1/items/{id}"
+    )
+    for i in range(3):
+        assert (await client.get(f"/v1/items/{i}")).status == 200
+    assert sample("http_requests_total", **labels) == before + 3
+    after = sample("http_request_duration_seconds_count", method="GET", route="/v1/items/{id}")
+    assert after == count_before + 3
+    assert HTTP_REQUESTS is not None and HTTP_DURATION is not None
+
+
+async def test_unknown_paths_are_problem_json_and_do_not_explode_cardinality(
+    client: TestClient,
+) -> None:
+    before = sample("http_requests_total", method="GET", route="unmatched", status="404")
+    r = await client.get("/nowhere/at/all")
+    assert r.status == 404
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    body = await r.json(content_type=None)
+    assert body["status"] == 404 and body["title"] == "Not Found" and body["type"] == "about:blank"
+    assert (
+        sample("http_requests_total", method="GET", route="unmatched", status="404") == before + 1
+    )
+
+
+async def test_wrong_method_is_405_problem_with_allow(client: TestClient) -> None:
+    r = await client.post("/v1/items/1")
+    assert r.status == 405
+    assert "GET" in r.headers["Allow"]
+    assert (await r.json(content_type=None))["status"] == 405
+
+
+async def test_unhandled_errors_are_500_problem_without_internals(client: TestClient) -> None:
+    r = await client.get("/boom", headers={"X-Correlation-ID": "c-1"})
+    assert r.status == 500
+    body = await r.json(content_type=None)
+    assert body["type"] == "/problems/internal-error"
+    assert "hunter2" not in await r.text()
+    assert r.headers["X-Correlation-ID"] == "c-1"
