@@ -11,14 +11,24 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import faust
+from faust.types import TP
 from mode import ServiceT
 
+from streams import kafka
+from streams.agents import install_agents
+from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
+from streams.topics import define_topics
+from streams.transfers import TransfersProcessor
+from tables.ledger import Limits
+from tables.messages import Position
+from tables.store import define_tables
 from web import server
 from web.checks import dependency_checks
 from web.middleware import MIDDLEWARES
+from web.reads import TableReads
 
 try:
     VERSION = version("atlas-ledger")
@@ -33,6 +43,24 @@ class AtlasApp(faust.App):
         self.settings = settings
         super().__init__(settings.app_name, **options)
         self.resources = Resources(settings, beacon=self.beacon)
+        partitions = settings.topic_partitions
+        self.topics_ = define_topics(self, settings.topic_prefix, partitions)
+        self.ledger_tables = define_tables(self, partitions)
+        limits = Limits(
+            max_amount=settings.max_amount,
+            window=settings.dedup_window,
+            archive_horizon_s=settings.dedup_horizon_s,
+        )
+        self.ledger = LedgerProcessor(
+            self.ledger_tables, self.topics_, limits, partitions, self.is_committed
+        )
+        self.transfers = TransfersProcessor(self.ledger_tables)
+        install_agents(self, settings, self.topics_, self.ledger, self.transfers)
+
+    def is_committed(self, position: Position) -> bool:
+        """Whether the group's committed offset has moved past `position`."""
+        committed: dict[TP, int] = getattr(self.consumer, "committed", {})
+        return position.offset < committed.get(TP(position.topic, position.partition), -1)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # Started with the producer and consumer, stopped with them.
@@ -41,6 +69,7 @@ class AtlasApp(faust.App):
     def on_webserver_init(self, web: Any) -> None:
         checks = dependency_checks(self.resources, self.settings, lambda: self.tables.actives_ready)
         server.install(web.web_app, checks, VERSION)
+        TableReads(self).install(web.web_app.router)
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -54,7 +83,11 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "autodiscover": False,
         "datadir": str(settings.worker_data_dir),
-        "store": "memory://",
+        "store": settings.table_store,
+        "table_standby_replicas": 0,
+        "producer_linger": settings.producer_linger_s,
+        "producer_request_timeout": settings.producer_request_timeout_s,
+        "stream_wait_empty": True,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,
         "consumer_auto_offset_reset": "earliest",
@@ -74,6 +107,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> AtlasApp:
+    kafka.register()
     return AtlasApp(settings, **faust_options(settings))
 
 

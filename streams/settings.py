@@ -52,6 +52,20 @@ class Settings(BaseSettings):
 
     topic_partitions: int = Field(default=8, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
+    # Namespaces every topic (empty in production; tests keep runs apart with it).
+    topic_prefix: str = ""
+
+    # Ledger rules and the stream hot path.
+    max_amount: int = Field(default=100_000_000_000, ge=1)
+    dedup_window: int = Field(default=32, ge=1)
+    dedup_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    batch_max: int = Field(default=1000, ge=1)
+    batch_within_s: float = Field(default=0.05, gt=0)
+    producer_linger_s: float = Field(default=0.005, ge=0)
+    producer_request_timeout_s: float = Field(default=30.0, gt=0)
+    # Faust table store: rocksdb:// keeps state on disk (fast restarts); memory:// replays the
+    # whole changelog at every start.
+    table_store: Literal["rocksdb://", "memory://"] = "rocksdb://"
 
     # Consumer-group membership: a killed worker is only evicted after the session timeout.
     kafka_session_timeout_s: float = Field(default=10.0, gt=0)
@@ -86,9 +100,9 @@ class Settings(BaseSettings):
 
     @property
     def kafka_broker_urls(self) -> list[str]:
-        return [
-            f"kafka://{s.strip()}" for s in self.kafka_bootstrap_servers.split(",") if s.strip()
-        ]
+        # atlas-kafka:// selects the commit-safe transport (streams/kafka.py).
+        servers = self.kafka_bootstrap_servers.split(",")
+        return [f"atlas-kafka://{s.strip()}" for s in servers if s.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ def test_defaults_point_at_the_local_stack(monkeypatch: pytest.MonkeyPatch) -> N
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert s.web_port == 6066
     assert s.topic_partitions == 8
-    assert s.kafka_broker_urls == ["kafka://127.0.0.1:9092"]
+    assert s.kafka_broker_urls == ["atlas-kafka://127.0.0.1:9092"]
     assert s.canonical_url == "http://127.0.0.1:6066"
 
 
@@ -31,7 +31,7 @@ def test_standard_url_variables_are_read_without_prefix(monkeypatch: pytest.Monk
         ATLAS_LOG_LEVEL="debug",
     )
     assert s.database_url.get_secret_value() == "postgresql://u:hunter2@db:5432/x"
-    assert s.kafka_broker_urls == ["kafka://k1:9092", "kafka://k2:9092"]
+    assert s.kafka_broker_urls == ["atlas-kafka://k1:9092", "atlas-kafka://k2:9092"]
     assert s.web_port == 7001
     assert s.log_level == "DEBUG"
 

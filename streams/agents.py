@@ -1,0 +1,49 @@
+"""The agents: thin shells that hand batches to the processors.
+
+Concurrency is 1 so a partition's batches run in order. An exception that escapes a processor is
+a bug or a lost dependency, never bad input (that goes to the dead-letter topic): the worker
+crashes rather than ack a batch it did not finish, and the batch is read again after restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from streams.ledger import LedgerProcessor
+from streams.logs import get_logger
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.transfers import TransfersProcessor
+
+log = get_logger(__name__)
+
+
+def install_agents(
+    app: faust.App,
+    settings: Settings,
+    topics: Topics,
+    ledger: LedgerProcessor,
+    transfers: TransfersProcessor,
+) -> tuple[Any, Any]:
+    batch, within = settings.batch_max, settings.batch_within_s
+
+    async def run(name: str, stream: Any, process: Any) -> None:
+        async for events in stream.take_events(batch, within=within):
+            try:
+                await process(events)
+            except Exception as exc:
+                log.exception("batch failed; stopping the worker so it is read again", agent=name)
+                await app.crash(exc)
+                raise
+
+    @app.agent(topics.account_inputs, name="ledger", concurrency=1)
+    async def ledger_agent(stream: Any) -> None:
+        await run("ledger", stream, ledger.process)
+
+    @app.agent(topics.transfer_events, name="transfers", concurrency=1)
+    async def transfers_agent(stream: Any) -> None:
+        await run("transfers", stream, transfers.process)
+
+    return ledger_agent, transfers_agent

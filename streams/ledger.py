@@ -1,0 +1,188 @@
+"""The ledger agent: payments, account commands and transfer legs, one batch at a time.
+
+Per batch (the order correctness depends on):
+1. decode each message; undecodable or invalid ones go to the dead-letter topic, and one found
+   on a partition other than its key's murmur2 partition is re-published there, never applied;
+2. fold each account's messages into at most one new record (`tables.ledger.fold`): the dedup
+   marks ride in that record;
+3. write each changed record once, then send the effects (outcomes, legs, transfer events);
+4. return: the batch is acked, and the next commit waits until every record above is
+   acknowledged by Kafka (`streams.kafka.SafeProducer.flush`) before moving the offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams import wire
+from streams.context import current_event
+from streams.kafka import partition_for
+from streams.logs import get_logger
+from streams.metrics import BATCH_DURATION, BATCH_SIZE, EVENTS
+from streams.topics import Topics
+from tables.ledger import Account, Limits, archive_key, fold
+from tables.messages import (
+    AccountMessage,
+    CreditLeg,
+    Effect,
+    Payment,
+    PaymentOutcome,
+    Position,
+    RefundLeg,
+    TransferEvent,
+)
+from tables.store import LedgerTables
+
+log = get_logger(__name__)
+
+
+@dataclass
+class LedgerProcessor:
+    tables: LedgerTables
+    topics: Topics
+    limits: Limits
+    partitions: int
+    is_committed: Callable[[Position], bool]
+    clock: Callable[[], float] = time.time
+    _declared: bool = field(default=False, init=False)
+
+    def _decoder(self, topic: str) -> Callable[[bytes | None, bytes | None], AccountMessage]:
+        return (
+            wire.decode_payment
+            if topic == self.topics.payments.get_topic_name()
+            else wire.decode_command
+        )
+
+    async def process(self, events: list[Any]) -> None:
+        if not self._declared:
+            await self.topics.declare()
+            self._declared = True
+        started = time.perf_counter()
+        by_account: dict[str, list[tuple[AccountMessage, Position, Any]]] = defaultdict(list)
+        for event in events:
+            message = event.message
+            position = Position(message.topic, message.partition, message.offset)
+            try:
+                msg = self._decoder(message.topic)(message.key, message.value)
+            except wire.BadMessage as bad:
+                self.dead_letter(event, bad)
+                continue
+            expected = partition_for(message.key, self.partitions)
+            if message.partition != expected:
+                self.reroute(event, expected)
+                continue
+            by_account[msg.account_id].append((msg, position, event))
+
+        now = self.clock()
+        for account_id, items in by_account.items():
+            self._apply(account_id, items, now)
+        BATCH_SIZE.labels("ledger").observe(len(events))
+        BATCH_DURATION.labels("ledger").observe(time.perf_counter() - started)
+
+    def _apply(
+        self, account_id: str, items: list[tuple[AccountMessage, Position, Any]], now: float
+    ) -> None:
+        accounts, archive = self.tables.accounts, self.tables.archive
+        raw = accounts.get(account_id)
+        account = Account.from_json(orjson.loads(raw)) if raw is not None else None
+
+        def archived(acc: str, seq: int) -> Any:
+            segment = archive.get(archive_key(acc, seq))
+            return orjson.loads(segment) if segment is not None else None
+
+        result = fold(
+            account,
+            [(msg, pos) for msg, pos, _ in items],
+            limits=self.limits,
+            archive_lookup=archived,
+            is_committed=self.is_committed,
+            now=now,
+        )
+        # 1. state: one record per changed account (marks inside), archive segments, activity.
+        with current_event(items[-1][2]):
+            if result.changed and result.account is not None:
+                accounts[account_id] = orjson.dumps(result.account.to_json())
+            for seq, segment in result.archive_writes.items():
+                key = archive_key(account_id, seq)
+                if segment is None:
+                    archive.pop(key, None)
+                else:
+                    archive[key] = orjson.dumps(segment)
+            self._record_activity(account_id, result.applied)
+        # 2. effects, after the state they follow from.
+        for step in result.steps:
+            EVENTS.labels(step.position.topic, step.decision.value).inc()
+            for effect in step.effects:
+                self.send(effect)
+
+    def _record_activity(self, account_id: str, applied: list[Any]) -> None:
+        payments = [s.msg for s in applied if isinstance(s.msg, Payment)]
+        if not payments:
+            return
+        activity = self.tables.activity
+        current = dict(activity[account_id].current())
+        current["count"] += len(payments)
+        current["volume"] += sum(p.amount for p in payments)
+        activity[account_id] = current
+
+    def send(self, effect: Effect) -> None:
+        topics = self.topics
+        match effect:
+            case PaymentOutcome():
+                topics.outcomes.send_soon(
+                    key=effect.event_id.encode(), value=wire.encode_outcome(effect)
+                )
+            case TransferEvent():
+                topics.transfer_events.send_soon(
+                    key=effect.transfer_id.encode(), value=wire.encode_transfer_event(effect)
+                )
+            case CreditLeg() | RefundLeg():
+                topics.legs.send_soon(
+                    key=effect.account_id.encode(), value=wire.encode_command(effect)
+                )
+
+    def dead_letter(self, event: Any, bad: wire.BadMessage) -> None:
+        message = event.message
+        headers = [
+            ("error.type", bad.error_type.encode()),
+            ("error.message", bad.message.encode()[:1000]),
+            ("source.topic", message.topic.encode()),
+            ("source.partition", str(message.partition).encode()),
+            ("source.offset", str(message.offset).encode()),
+        ]
+        self.topics.dlq.send_soon(key=message.key, value=message.value, headers=headers)
+        EVENTS.labels(message.topic, "dead_lettered").inc()
+        log.warning(
+            "dead-lettered",
+            error_type=bad.error_type,
+            reason=bad.message,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
+
+    def reroute(self, event: Any, partition: int) -> None:
+        """Re-publish to the key's murmur2 partition (a producer used another partitioner)."""
+        message = event.message
+        headers = [
+            *(message.headers or []),
+            ("atlas.rerouted-from", str(message.partition).encode()),
+        ]
+        channel = (
+            self.topics.payments if message.topic == self.topics.payments.get_topic_name() else None
+        )
+        if channel is None:  # internal topics are only written by Atlas, with murmur2
+            self.dead_letter(
+                event, wire.BadMessage("wrong_partition", "internal message on the wrong partition")
+            )
+            return
+        channel.send_soon(
+            key=message.key, value=message.value, partition=partition, headers=headers
+        )
+        EVENTS.labels(message.topic, "rerouted").inc()

@@ -1,0 +1,54 @@
+"""The changelog-backed tables. Values are bytes that Atlas encodes itself (orjson).
+
+- accounts: account id -> account record (balance, status, dedup marks): the source of truth.
+- archive: "<account id>/<seq>" -> a segment of archived dedup marks (the long-horizon dedup
+  store, expired after `Limits.archive_horizon_s`).
+- transfers: transfer id -> status and reason.
+- activity: account id -> {count, volume} of applied payments, in tumbling one-hour windows.
+
+Every table is partitioned like the topic that writes it, so a key's state lives with the
+partition its messages arrive on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+ACTIVITY_WINDOW_S = 3600
+
+
+@dataclass(frozen=True)
+class LedgerTables:
+    accounts: Any
+    archive: Any
+    transfers: Any
+    activity: Any
+
+
+def define_tables(app: faust.App, partitions: int) -> LedgerTables:
+    def table(name: str, **options: Any) -> Any:
+        return app.Table(
+            name,
+            schema=faust.Schema(
+                key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
+            partitions=partitions,
+            **options,
+        )
+
+    activity = app.Table(
+        "activity",
+        default=lambda: {"count": 0, "volume": 0},
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        partitions=partitions,
+    ).tumbling(ACTIVITY_WINDOW_S, expires=timedelta(hours=25))
+    return LedgerTables(
+        accounts=table("accounts"),
+        archive=table("archive"),
+        transfers=table("transfers"),
+        activity=activity.relative_to_stream(),
+    )

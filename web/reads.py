@@ -1,0 +1,114 @@
+"""Reads of table state: `GET /v1/accounts/{id}` and `GET /v1/transfers/{id}`.
+
+A key's state lives on the worker that owns its partition. A request that lands elsewhere is
+proxied to the owner (Faust's router, by the murmur2 partition of the key); the owner answers
+from its local table. `?wait=N` on a transfer long-polls, bounded, until its status is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from faust.exceptions import SameNode
+from faust.web.exceptions import ServiceUnavailable
+
+from tables.ledger import Account
+from tables.messages import TransferStatus
+from web.problems import problem_response
+
+MAX_WAIT_S = 30.0
+_POLL_S = 0.1
+
+
+class TableReads:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.tables = app.ledger_tables
+
+    def install(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v1/accounts/{account_id}", self.get_account)
+        router.add_get("/v1/transfers/{transfer_id}", self.get_transfer)
+
+    async def _routed(
+        self,
+        table: Any,
+        key: str,
+        request: web.Request,
+        local: Callable[[], Awaitable[web.Response]],
+    ) -> web.StreamResponse:
+        if not self.app.tables.actives_ready or self.app.rebalancing:
+            return _unavailable(request, "table state is being recovered")
+        try:
+            response: web.StreamResponse = await self.app.router.route_req(
+                table.name, key, self.app.web, request
+            )
+        except SameNode:
+            return await local()
+        except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
+            return _unavailable(request, "the worker that owns this key cannot be reached")
+        if response.status >= 400:  # the owner's problem body, with its media type back
+            response.content_type = "application/problem+json"
+        return response
+
+    async def get_account(self, request: web.Request) -> web.StreamResponse:
+        account_id = request.match_info["account_id"]
+
+        async def local() -> web.Response:
+            raw = self.tables.accounts.get(account_id)
+            if raw is None:
+                return _not_found(request, "account", account_id)
+            body = Account.from_json(orjson.loads(raw)).public()
+            activity = self.tables.activity[account_id].now()
+            body["activity_this_hour"] = {"count": activity["count"], "volume": activity["volume"]}
+            return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+        return await self._routed(self.tables.accounts, account_id, request, local)
+
+    async def get_transfer(self, request: web.Request) -> web.StreamResponse:
+        transfer_id = request.match_info["transfer_id"]
+        try:
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
+        except ValueError:
+            return problem_response(
+                400,
+                slug="invalid-parameter",
+                detail="wait must be a number of seconds",
+                instance=request.path,
+            )
+
+        async def local() -> web.Response:
+            deadline = time.monotonic() + wait
+            while True:
+                raw = self.tables.transfers.get(transfer_id)
+                record = orjson.loads(raw) if raw is not None else None
+                final = record is not None and TransferStatus(record["status"]).final
+                if final or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(_POLL_S)
+            if record is None:
+                return _not_found(request, "transfer", transfer_id)
+            return web.Response(body=orjson.dumps(record), content_type="application/json")
+
+        return await self._routed(self.tables.transfers, transfer_id, request, local)
+
+
+def _not_found(request: web.Request, what: str, key: str) -> web.Response:
+    return problem_response(
+        404,
+        slug=f"{what}-not-found",
+        title=f"{what.capitalize()} not found",
+        detail=f"no {what} {key!r}",
+        instance=request.path,
+    )
+
+
+def _unavailable(request: web.Request, detail: str) -> web.Response:
+    return problem_response(
+        503, slug="unavailable", detail=detail, instance=request.path, headers={"Retry-After": "1"}
+    )
