@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from streams import wire
 from streams.context import current_event
 from streams.kafka import partition_for
@@ -90,11 +88,10 @@ class LedgerProcessor:
     ) -> None:
         accounts, archive = self.tables.accounts, self.tables.archive
         raw = accounts.get(account_id)
-        account = Account.from_json(orjson.loads(raw)) if raw is not None else None
+        account = Account.from_json(raw) if raw is not None else None
 
         def archived(acc: str, seq: int) -> Any:
-            segment = archive.get(archive_key(acc, seq))
-            return orjson.loads(segment) if segment is not None else None
+            return archive.get(archive_key(acc, seq))
 
         result = fold(
             account,
@@ -107,13 +104,13 @@ class LedgerProcessor:
         # 1. state: one record per changed account (marks inside), archive segments, activity.
         with current_event(items[-1][2]):
             if result.changed and result.account is not None:
-                accounts[account_id] = orjson.dumps(result.account.to_json())
+                accounts[account_id] = result.account.to_json()
             for seq, segment in result.archive_writes.items():
                 key = archive_key(account_id, seq)
                 if segment is None:
                     archive.pop(key, None)
                 else:
-                    archive[key] = orjson.dumps(segment)
+                    archive[key] = segment
             self._record_activity(account_id, result.applied)
         # 2. effects, after the state they follow from.
         for step in result.steps:

@@ -7,8 +7,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from streams import wire
 from streams.context import current_event
 from streams.logs import get_logger
@@ -37,9 +35,9 @@ class TransfersProcessor:
         transfers = self.tables.transfers
         for transfer_id, items in by_transfer.items():
             raw = transfers.get(transfer_id)
-            record = advance(orjson.loads(raw) if raw is not None else None, [e for e, _ in items])
+            record = advance(raw, [e for e, _ in items])
             if record is not None:
                 with current_event(items[-1][1]):
-                    transfers[transfer_id] = orjson.dumps(record)
+                    transfers[transfer_id] = record
         BATCH_SIZE.labels("transfers").observe(len(events))
         BATCH_DURATION.labels("transfers").observe(time.perf_counter() - started)

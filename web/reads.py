@@ -63,7 +63,7 @@ class TableReads:
             raw = self.tables.accounts.get(account_id)
             if raw is None:
                 return _not_found(request, "account", account_id)
-            body = Account.from_json(orjson.loads(raw)).public()
+            body = Account.from_json(raw).public()
             activity = self.tables.activity[account_id].now()
             body["activity_this_hour"] = {"count": activity["count"], "volume": activity["volume"]}
             return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -86,7 +86,7 @@ class TableReads:
             deadline = time.monotonic() + wait
             while True:
                 raw = self.tables.transfers.get(transfer_id)
-                record = orjson.loads(raw) if raw is not None else None
+                record = raw
                 final = record is not None and TransferStatus(record["status"]).final
                 if final or time.monotonic() >= deadline:
                     break
