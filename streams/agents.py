@@ -2,7 +2,7 @@
 
 Concurrency is 1 so a partition's batches run in order. An exception that escapes a processor is
 a bug or a lost dependency, never bad input (that goes to the dead-letter topic): the worker
-crashes rather than ack a batch it did not finish, and the batch is read again after restart.
+stops without committing the batch it did not finish, which is read again after restart.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def install_agents(
             try:
                 await process(events)
             except Exception as exc:
+                # Faust acks a batch even when its body raises (take_events acks in a finally):
+                # refuse every later commit first, so the batch is read again after restart.
+                fail = getattr(app.producer, "fail", None)
+                if fail is not None:
+                    fail(exc)
                 log.exception("batch failed; stopping the worker so it is read again", agent=name)
                 await app.crash(exc)
                 raise

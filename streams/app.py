@@ -20,7 +20,7 @@ from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
-from streams.topics import define_topics
+from streams.topics import TopicDeclarer, define_topics
 from streams.transfers import TransfersProcessor
 from tables.ledger import Limits
 from tables.messages import Position
@@ -64,7 +64,11 @@ class AtlasApp(faust.App):
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # Started with the producer and consumer, stopped with them.
-        return [*super().on_init_dependencies(), self.resources]
+        return [
+            *super().on_init_dependencies(),
+            self.resources,
+            TopicDeclarer(self.topics_, beacon=self.beacon),
+        ]
 
     def on_webserver_init(self, web: Any) -> None:
         checks = dependency_checks(self.resources, self.settings, lambda: self.tables.actives_ready)

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import click
 from faust.cli import AppCommand, argument, option
 
+from streams import operations
 from streams.app import app
+from streams.operations import LedgerTopics
 from tables.errors import AtlasError
 from web import migrate as migrations
 
@@ -79,3 +82,52 @@ async def db_reset(self: AppCommand, yes: bool) -> None:
     finally:
         await conn.close()
     self.say(f"database reset; {len(applied)} migrations applied")
+
+
+def _ledger_topics() -> LedgerTopics:
+    s = app.settings
+    return LedgerTopics(
+        bootstrap=s.kafka_bootstrap_servers,
+        group=app.conf.id,
+        inputs=[
+            t.get_topic_name()
+            for t in (
+                app.topics_.payments,
+                app.topics_.commands,
+                app.topics_.legs,
+                app.topics_.transfer_events,
+            )
+        ],
+        outcomes=app.topics_.outcomes.get_topic_name(),
+        transfer_events=app.topics_.transfer_events.get_topic_name(),
+        accounts_changelog=app.ledger_tables.accounts.changelog_topic.get_topic_name(),
+    )
+
+
+@app.command(
+    option("--wait", type=float, default=0.0, help="Seconds to wait for consumer lag to reach 0.")
+)
+async def verify(self: AppCommand, wait: float) -> None:
+    """Audit the ledger at rest: money conserved, no negative balance, one final status each."""
+    report, _ = await operations.verify(_ledger_topics(), wait_s=wait)
+    for line in report.lines():
+        self.say(line)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@app.command(
+    argument("action", type=click.Choice(["replay"])),
+    option("--error-type", default=None, help="Replay only dead letters of this error.type."),
+)
+async def dlq(self: AppCommand, action: str, error_type: str | None) -> None:
+    """Dead letters: `atlas dlq replay [--error-type T]` re-injects them into their source topic."""
+    replayed = await operations.replay_dead_letters(
+        app.settings.kafka_bootstrap_servers,
+        app.topics_.dlq.get_topic_name(),
+        group=f"{app.conf.id}-dlq-replay",
+        error_type=error_type,
+    )
+    total = sum(replayed.values())
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(replayed.items()))
+    self.say(f"replayed {total} dead letters" + (f" ({detail})" if detail else ""))

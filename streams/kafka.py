@@ -89,6 +89,11 @@ class SafeProducer(faust_aiokafka.Producer):
         cast("asyncio.Future[Any]", delivery).add_done_callback(settle)
         return delivery
 
+    def fail(self, reason: BaseException) -> None:
+        """Refuse every later commit of this process (a batch failed half-way)."""
+        if self._failure is None:
+            self._failure = reason
+
     @property
     def outstanding(self) -> int:
         return len(self._unresolved)
@@ -115,8 +120,15 @@ class SafeConsumer(faust_aiokafka.Consumer):
         self.committed: dict[TP, int] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
+        # Only this generation's messages are in flight: the stream drops older ones unacked
+        # after a rebalance, and they linger in this weak set until collected.
+        generation = self.app.consumer_generation_id
         lowest = min(
-            (m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked),
+            (
+                m.offset
+                for m in list(self._unacked_messages)
+                if m.tp == tp and not m.acked and m.generation_id == generation
+            ),
             default=None,
         )
         if lowest is None:

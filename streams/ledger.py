@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from streams import wire
@@ -48,7 +48,6 @@ class LedgerProcessor:
     partitions: int
     is_committed: Callable[[Position], bool]
     clock: Callable[[], float] = time.time
-    _declared: bool = field(default=False, init=False)
 
     def _decoder(self, topic: str) -> Callable[[bytes | None, bytes | None], AccountMessage]:
         return (
@@ -58,9 +57,6 @@ class LedgerProcessor:
         )
 
     async def process(self, events: list[Any]) -> None:
-        if not self._declared:
-            await self.topics.declare()
-            self._declared = True
         started = time.perf_counter()
         by_account: dict[str, list[tuple[AccountMessage, Position, Any]]] = defaultdict(list)
         for event in events:
@@ -87,11 +83,12 @@ class LedgerProcessor:
         self, account_id: str, items: list[tuple[AccountMessage, Position, Any]], now: float
     ) -> None:
         accounts, archive = self.tables.accounts, self.tables.archive
-        raw = accounts.get(account_id)
+        key = account_id.encode()
+        raw = accounts.get(key)
         account = Account.from_json(raw) if raw is not None else None
 
         def archived(acc: str, seq: int) -> Any:
-            return archive.get(archive_key(acc, seq))
+            return archive.get(archive_key(acc, seq).encode())
 
         result = fold(
             account,
@@ -101,16 +98,19 @@ class LedgerProcessor:
             is_committed=self.is_committed,
             now=now,
         )
-        # 1. state: one record per changed account (marks inside), archive segments, activity.
+        # 1. state: one record per account (marks inside), archive segments, activity.
+        # The record is written even when nothing changed (a batch of replays): after a SIGKILL
+        # the local RocksDB store can hold a write whose changelog record never reached Kafka,
+        # and the replay that finds its marks must still put that state into the changelog.
         with current_event(items[-1][2]):
-            if result.changed and result.account is not None:
-                accounts[account_id] = result.account.to_json()
+            if result.account is not None:
+                accounts[key] = result.account.to_json()
             for seq, segment in result.archive_writes.items():
-                key = archive_key(account_id, seq)
+                segment_key = archive_key(account_id, seq).encode()
                 if segment is None:
-                    archive.pop(key, None)
+                    archive.pop(segment_key, None)
                 else:
-                    archive[key] = segment
+                    archive[segment_key] = segment
             self._record_activity(account_id, result.applied)
         # 2. effects, after the state they follow from.
         for step in result.steps:

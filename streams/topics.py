@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from mode import Service
 
 PAYMENTS = "atlas.payments.v1"
 OUTCOMES = "atlas.outcomes.v1"
@@ -69,3 +70,14 @@ def define_topics(app: faust.App, prefix: str, partitions: int) -> Topics:
         outcomes=topic(OUTCOMES),
         dlq=topic(DLQ),
     )
+
+
+class TopicDeclarer(Service):
+    """Creates the app's topics when the worker starts (after the producer is up)."""
+
+    def __init__(self, topics: Topics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.topics = topics
+
+    async def on_start(self) -> None:
+        await self.topics.declare()

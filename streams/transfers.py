@@ -34,10 +34,12 @@ class TransfersProcessor:
             by_transfer[decoded.transfer_id].append((decoded, event))
         transfers = self.tables.transfers
         for transfer_id, items in by_transfer.items():
-            raw = transfers.get(transfer_id)
-            record = advance(raw, [e for e, _ in items])
+            raw = transfers.get(transfer_id.encode())
+            record = advance(raw, [e for e, _ in items]) or raw
+            # Written even when unchanged: the local store can be ahead of its changelog after
+            # a crash (see streams.ledger), and a replay must put that state into the changelog.
             if record is not None:
                 with current_event(items[-1][1]):
-                    transfers[transfer_id] = record
+                    transfers[transfer_id.encode()] = record
         BATCH_SIZE.labels("transfers").observe(len(events))
         BATCH_DURATION.labels("transfers").observe(time.perf_counter() - started)

@@ -5,9 +5,9 @@ change and the proof that it happened are one changelog record: a crash persists
 neither. Marks of long-committed messages move in segments to an archive table (the long-horizon
 dedup store) in two phases, so a mark leaves the record only once its archived copy is durable:
 
-1. when the record holds `2 * window` marks and the oldest `window` were read at committed
-   positions, they are written as a segment and the record notes it as pending, with the
-   position of the message under which the segment was written;
+1. when the record holds `2 * window` marks, the oldest ones read at committed positions
+   (all but the newest `window`) are written as a segment, and the record notes it as pending
+   with the position of the message under which the segment was written;
 2. once that position is committed too (the commit waits for every record produced before it),
    the marks are dropped from the record. Until then the segment is rewritten with each batch.
 
@@ -43,7 +43,7 @@ from tables.messages import (
     TransferStatus,
 )
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +136,10 @@ class Account:
             else PendingArchive(pending[0], pending[1], Position(*pending[2:])),
         )
 
+    @property
+    def opened(self) -> bool:
+        return self.status is not AccountStatus.ABSENT
+
     def public(self) -> dict[str, Any]:
         """What `GET /v1/accounts/{id}` shows."""
         return {
@@ -159,15 +163,19 @@ def check_amount(amount: int, limits: Limits) -> str | None:
 
 
 def check_email(email: str) -> str | None:
-    return None if _EMAIL.match(email) else "owner_email is not a valid email address"
+    return None if _EMAIL.fullmatch(email) else "owner_email is not a valid email address"
 
 
 def check_currency(code: str) -> str | None:
     return None if is_currency(code) else f"{code!r} is not an ISO 4217 currency"
 
 
+def exists(account: Account | None) -> bool:
+    return account is not None and account.status is not AccountStatus.ABSENT
+
+
 def _usable(account: Account | None, currency: str) -> str | None:
-    if account is None:
+    if account is None or account.status is AccountStatus.ABSENT:
         return "unknown account"
     if account.status is AccountStatus.CLOSED:
         return "account is closed"
@@ -203,16 +211,25 @@ def decide(
                 return account, rejected, "insufficient funds"
             return _changed(account, balance=account.balance - msg.amount), Decision.APPLIED, None
         case OpenAccount():
-            if account is not None:
+            if account is not None and exists(account):
                 return account, rejected, "account already exists"
             reason = check_email(msg.owner_email) or check_currency(msg.currency)
             if reason:
-                return None, rejected, reason
+                return account, rejected, reason
             opened = Account(msg.account_id, msg.owner_email, msg.currency, AccountStatus.OPEN)
+            if account is not None:  # keep the marks an absent account's record gathered
+                opened = replace(
+                    account,
+                    owner_email=msg.owner_email,
+                    currency=msg.currency,
+                    status=AccountStatus.OPEN,
+                    balance=0,
+                    version=0,
+                )
             return replace(opened, version=1), Decision.APPLIED, None
         case ChangeAccountStatus():
-            if account is None:
-                return None, rejected, "unknown account"
+            if account is None or not exists(account):
+                return account, rejected, "unknown account"
             if account.status is AccountStatus.CLOSED:
                 return account, rejected, "account is closed"
             if msg.status is AccountStatus.CLOSED and account.balance != 0:
@@ -235,9 +252,10 @@ def decide(
             assert account is not None
             return _changed(account, balance=account.balance + msg.amount), Decision.APPLIED, None
         case RefundLeg():
-            # Money taken from an account always goes back, whatever its state since.
-            if account is None:
-                raise AssertionError(f"refund for unknown account {msg.from_account}")
+            # Money taken from an account always goes back, whatever its state since. (Only a
+            # debited account gets a refund, so one that does not exist means a forged leg.)
+            if account is None or not exists(account):
+                return account, rejected, "refund for an account that does not exist"
             return _changed(account, balance=account.balance + msg.amount), Decision.APPLIED, None
     raise TypeError(f"not an account message: {msg!r}")
 
@@ -273,6 +291,8 @@ def effects_of(msg: AccountMessage, decision: Decision, reason: str | None) -> l
                 return [TransferEvent(msg.transfer_id, TransferStatus.COMPLETED, *args[1:])]
             return [RefundLeg(*args, reason=reason or "credit failed")]
         case RefundLeg():
+            if decision is not Decision.APPLIED:
+                return []
             return [
                 TransferEvent(
                     msg.transfer_id,
@@ -356,10 +376,11 @@ def fold(
         result.steps.append(step)
         if decision is Decision.APPLIED:
             result.applied.append(step)
-        if new is not None:
-            mark = Mark(msg.dedup_key, decision, reason, position)
-            result.account = replace(new, marks=(*new.marks, mark))
-            result.changed = True
+        if new is None:  # no record yet: one that only remembers this decision
+            new = Account(msg.account_id, "", "", AccountStatus.ABSENT)
+        mark = Mark(msg.dedup_key, decision, reason, position)
+        result.account = replace(new, marks=(*new.marks, mark))
+        result.changed = True
     if result.account is not None and last_position is not None:
         _archive(result, last_position, limits, is_committed, now)
     return result
@@ -385,18 +406,22 @@ def _archive(
             result.archive_writes[pending.seq] = segment
             account = replace(account, pending=replace(pending, position=position))
         result.changed = True
-    elif len(account.marks) >= 2 * limits.window and all(
-        is_committed(m.position) for m in account.marks[: limits.window]
-    ):
-        seq = account.next_seq
-        result.archive_writes[seq] = _segment(account.marks[: limits.window])
-        account = replace(
-            account,
-            archive=(*account.archive, (seq, now)),
-            next_seq=seq + 1,
-            pending=PendingArchive(seq, limits.window, position),
-        )
-        result.changed = True
+    elif len(account.marks) >= 2 * limits.window:
+        movable = 0
+        for mark in account.marks[: len(account.marks) - limits.window]:
+            if not is_committed(mark.position):
+                break
+            movable += 1
+        if movable:
+            seq = account.next_seq
+            result.archive_writes[seq] = _segment(account.marks[:movable])
+            account = replace(
+                account,
+                archive=(*account.archive, (seq, now)),
+                next_seq=seq + 1,
+                pending=PendingArchive(seq, movable, position),
+            )
+            result.changed = True
     result.account = account
 
 

@@ -20,6 +20,9 @@ class AccountStatus(StrEnum):
     OPEN = "open"
     FROZEN = "frozen"
     CLOSED = "closed"
+    # No account was opened under this id: the record only keeps the dedup marks of messages
+    # rejected for it, so a replay decides as the first run did even if the account opens later.
+    ABSENT = "absent"
 
 
 class Decision(StrEnum):

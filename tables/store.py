@@ -1,4 +1,4 @@
-"""The changelog-backed tables. Keys are the raw message keys; values are JSON objects.
+"""The changelog-backed tables. Keys are raw bytes (the message key); values are JSON objects.
 
 - accounts: account id -> account record (balance, status, dedup marks): the source of truth.
 - archive: "<account id>/<seq>" -> a segment of archived dedup marks (the long-horizon dedup
@@ -33,7 +33,7 @@ def define_tables(app: faust.App, partitions: int) -> LedgerTables:
     def table(name: str, **options: Any) -> Any:
         return app.Table(
             name,
-            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+            key_type=bytes,  # raw keys: the changelog key is the message key, byte for byte
             partitions=partitions,
             **options,
         )

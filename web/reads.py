@@ -60,10 +60,11 @@ class TableReads:
         account_id = request.match_info["account_id"]
 
         async def local() -> web.Response:
-            raw = self.tables.accounts.get(account_id)
-            if raw is None:
+            raw = self.tables.accounts.get(account_id.encode())
+            account = Account.from_json(raw) if raw is not None else None
+            if account is None or not account.opened:
                 return _not_found(request, "account", account_id)
-            body = Account.from_json(raw).public()
+            body = account.public()
             activity = self.tables.activity[account_id].now()
             body["activity_this_hour"] = {"count": activity["count"], "volume": activity["volume"]}
             return web.Response(body=orjson.dumps(body), content_type="application/json")
@@ -85,7 +86,7 @@ class TableReads:
         async def local() -> web.Response:
             deadline = time.monotonic() + wait
             while True:
-                raw = self.tables.transfers.get(transfer_id)
+                raw = self.tables.transfers.get(transfer_id.encode())
                 record = raw
                 final = record is not None and TransferStatus(record["status"]).final
                 if final or time.monotonic() >= deadline:
