@@ -83,9 +83,7 @@ class AtlasConfig:
 
     @staticmethod
     def argv() -> list[str]:
-        # `--loglevel=warn` is given explicitly: with ATLAS_LOG_LEVEL=WARNING alone, `atlas worker`
-        # passes `--loglevel=WARNING` to Faust's CLI, which only accepts crit/error/warn/info/debug.
-        return [ATLAS, "worker", "--loglevel=warn"]
+        return [ATLAS, "worker"]  # its level comes from ATLAS_LOG_LEVEL
 
 
 # ---- HTTP --------------------------------------------------------------------------------------
@@ -169,9 +167,23 @@ class Outcomes:
     duplicate_ids: set[str] = field(default_factory=set)
     rejections: Counter[str] = field(default_factory=Counter)
     undecodable: int = 0
+    timestamps_ms: list[int] = field(default_factory=list)
+
+    def rate_by_fifth(self) -> list[float | None]:
+        """Events/s over each fifth of the outcomes, in timestamp order: does the rate hold?"""
+        ts = sorted(self.timestamps_ms)
+        step = len(ts) // 5
+        if step == 0:
+            return []
+        rates: list[float | None] = []
+        for k in range(5):
+            span_s = (ts[min((k + 1) * step, len(ts) - 1)] - ts[k * step]) / 1000
+            rates.append(round(step / span_s) if span_s > 0 else None)
+        return rates
 
     def add(self, timestamp_ms: int, value: bytes) -> None:
         self.count += 1
+        self.timestamps_ms.append(timestamp_ms)
         if self.first_ts_ms is None or timestamp_ms < self.first_ts_ms:
             self.first_ts_ms = timestamp_ms
         if self.last_ts_ms is None or timestamp_ms > self.last_ts_ms:
@@ -223,8 +235,6 @@ class AtlasRun:
     balances_checked: int = 0
     balance_mismatches: list[str] = field(default_factory=list)
     extra_outcomes_after_grace: int = 0
-    setup_s: float = 0.0
-    ready_s: float | None = None
     exit_code: int | None = None
     timed_out: bool = False
     error: str | None = None
@@ -268,6 +278,7 @@ async def measure(
     *,
     timeout_s: float,
     profile_s: float = 0.0,
+    profile_from: float = 0.0,
 ) -> AtlasRun:
     """Set-up step 3 (see the module docstring): run the worker over the produced payments."""
     run = AtlasRun(Outcomes())
@@ -289,12 +300,24 @@ async def measure(
             )
             run.worker = worker
             try:
-                await _wait_outcomes(
-                    run, workload.total, worker, registry, deadline, timeout_s, profile_s, cfg
+                profiler = await _wait_outcomes(
+                    run,
+                    workload.total,
+                    worker,
+                    collector,
+                    registry,
+                    deadline,
+                    timeout_s,
+                    profile_s,
+                    profile_from,
+                    cfg,
                 )
                 end = worker.snapshot()
                 if end is not None:
                     run.end_sample_cpu_s, run.end_sample_hwm_kb = end.cpu_s, end.hwm_kb
+                if profiler is not None and profiler.returncode is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(profiler.wait(), timeout=profile_s + 10)
                 # Anything beyond the expected count (re-emitted outcomes) shows up within this.
                 await asyncio.sleep(2)
                 run.extra_outcomes_after_grace = run.outcomes.count - workload.total
@@ -372,12 +395,16 @@ async def _wait_outcomes(
     run: AtlasRun,
     expected: int,
     worker: Measured,
+    collector: asyncio.Task[None],
     registry: Registry,
     deadline: Deadline,
     timeout_s: float,
     profile_s: float,
+    profile_from: float,
     cfg: AtlasConfig,
-) -> None:
+) -> asyncio.subprocess.Process | None:
+    """Until every payment has its outcome. With `profile_s`, py-spy starts once outcomes
+    flow and `profile_from` (a fraction) of them are out."""
     limit = deadline.bound(timeout_s)
     started = time.monotonic()
     profiler: asyncio.subprocess.Process | None = None
@@ -389,7 +416,13 @@ async def _wait_outcomes(
                 f"worker exited with {worker.proc.returncode} after {run.outcomes.count} "
                 f"outcomes; see {worker.log_path}"
             )
-        if profile_s > 0 and profiler is None and run.outcomes.count > 0:
+        if collector.done():
+            raise RuntimeError(f"the outcomes reader stopped: {collector.exception()!r}")
+        if (
+            profile_s > 0
+            and profiler is None
+            and run.outcomes.count > max(0, int(profile_from * expected))
+        ):
             run.profile_path = cfg.log_dir / "atlas-worker.pyspy.txt"
             profiler = await registry.spawn_helper(
                 [
@@ -409,9 +442,7 @@ async def _wait_outcomes(
                 cfg.log_dir / "py-spy.log",
             )
         await asyncio.sleep(0.1)
-    if profiler is not None and profiler.returncode is None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(profiler.wait(), timeout=profile_s + 10)
+    return profiler
 
 
 def check_balances(run: AtlasRun, workload: Workload, answers: dict[str, tuple[int, Any]]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import logging
 import os
 import platform
 import secrets
@@ -49,6 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"
 VARIANTS = ("atlas", "raw", "quix")
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+NOTES = (
+    "seconds: atlas = broker timestamps of its first and last outcome record; raw = partitions "
+    "assigned to last message decoded; quix = first to last message handled. CPU s = the whole "
+    "process tree until done (start-up included); CPU µs/ev = CPU inside that window per event."
+)
 
 
 @dataclass
@@ -88,6 +94,7 @@ async def run_atlas(
     deadline: Deadline,
     timeout_s: float,
     profile_s: float,
+    profile_from: float,
 ) -> tuple[Row, dict[str, Any]]:
     run = await atlas_variant.measure(
         cfg,
@@ -97,6 +104,7 @@ async def run_atlas(
         deadline,
         timeout_s=timeout_s,
         profile_s=profile_s,
+        profile_from=profile_from,
     )
     o = run.outcomes
     seconds = None
@@ -109,7 +117,8 @@ async def run_atlas(
     row = Row(
         variant="atlas (faust worker)"
         + (" [profiled]" if profile_s else "")
-        + "".join(f" [{k}={v}]" for k, v in cfg.overrides),
+        + "".join(f" [{k}={v}]" for k, v in cfg.overrides)
+        + (" [no set-up]" if not changelogs_before else ""),
         events=o.count,
         seconds=seconds,
         events_per_s=_rate(o.count, seconds),
@@ -121,6 +130,7 @@ async def run_atlas(
     )
     extra: dict[str, Any] = {
         "outcomes_by_status": dict(o.by_status),
+        "events_per_s_by_fifth": o.rate_by_fifth(),
         "rejections": dict(o.rejections),
         "outcomes_beyond_expected_after_2s": run.extra_outcomes_after_grace,
         "first_outcome_after_start_s": (
@@ -332,6 +342,7 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
         "args": vars(args),
         "versions": _versions(),
         "run_dir": str(run_dir),
+        "notes": NOTES,
     }
     print(f"run {run_id}: topics {prefix}*, logs in {run_dir}", flush=True)
     try:
@@ -392,7 +403,7 @@ async def _bench(
         overrides=tuple(args.atlas_env),
     )
     changelogs_before: dict[str, int] = {}
-    if "atlas" in args.variants:
+    if "atlas" in args.variants and not args.atlas_no_setup:
         setup_s = await atlas_variant.open_accounts(cfg, workload, registry, deadline)
         report["atlas_setup_s"] = round(setup_s, 1)
         changelogs_before = await atlas_variant.changelog_offsets(cfg)
@@ -427,6 +438,7 @@ async def _bench(
                     deadline,
                     args.variant_timeout,
                     args.profile_atlas,
+                    args.profile_from,
                 )
                 details["atlas"] = extra
             else:
@@ -477,11 +489,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy the worker for this long once payments flow (slows it: row is marked)",
     )
     p.add_argument(
+        "--profile-from",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="start the profile once this fraction of the outcomes is out (default 0)",
+    )
+    p.add_argument(
         "--atlas-env",
         action="append",
         default=[],
         metavar="ATLAS_X=VALUE",
         help="diagnostic: an extra setting for the worker (repeatable; the row is marked)",
+    )
+    p.add_argument(
+        "--atlas-no-setup",
+        action="store_true",
+        help="diagnostic: skip opening the accounts first; the worker meets the OpenAccount "
+        "commands and the payments in one backlog",
     )
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="a loopback broker only")
     p.add_argument("--seed", type=int, default=7)
@@ -515,6 +540,9 @@ async def amain(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     registry = Registry()
     atexit.register(registry.emergency_stop)
 
@@ -536,6 +564,7 @@ def main() -> int:
     rows = [Row(**r) for r in report.get("rows", [])]
     print()
     print(render_table(rows))
+    print(NOTES)
     for name, value in report.get("ratios", {}).items():
         print(f"{name}: {_fmt(value, '.3f')}")
     atlas = report.get("details", {}).get("atlas", {})
@@ -543,6 +572,8 @@ def main() -> int:
         print("\natlas worker log, warnings and errors (count: message):")
         for message, count in atlas["worker_log_warnings_and_errors"].items():
             print(f"  {count}: {message}")
+    if atlas.get("events_per_s_by_fifth"):
+        print(f"\natlas events/s over each fifth of the run: {atlas['events_per_s_by_fifth']}")
     if atlas.get("ledger_batches") or atlas.get("changelog_records"):
         print(
             f"\natlas ledger batches: {atlas.get('ledger_batches')}; changelog records written: "

@@ -9,6 +9,7 @@ bounded by `--linger-s`.
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import sys
 import time
@@ -58,5 +59,5 @@ def hand_back(result: VariantResult, path: Path, linger_s: float) -> None:
     deadline = time.monotonic() + linger_s
     while time.monotonic() < deadline:
         readable, _, _ = select.select([sys.stdin], [], [], 0.5)
-        if readable and not sys.stdin.buffer.read1(4096):
+        if readable and not os.read(sys.stdin.fileno(), 4096):
             return

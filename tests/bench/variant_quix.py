@@ -36,7 +36,7 @@ def run(
     source = app.topic(topic, key_deserializer="str", value_deserializer="json")
     sums = result.sums
 
-    def handle(value: dict[str, Any], state: State) -> int:
+    def handle(value: dict[str, Any], state: State[str, Any]) -> int:
         now = time.time()
         if result.first_wall is None:
             result.first_wall = now

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import RecordMetadata
 
 from streams.wire import encode_command
 from tables.messages import OpenAccount
@@ -129,6 +130,9 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
                 and all(p.get("leader", -1) >= 0 for p in t["partitions"])
                 for t in described
             ):
+                # Metadata can show a leader before it takes produce requests; a short pause
+                # saves a round of NotLeaderForPartition retries on the first sends.
+                await asyncio.sleep(1.0)
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"topics {names} not visible with {partitions} partitions")
@@ -176,7 +180,7 @@ async def produce(
     started = time.perf_counter()
     try:
 
-        async def send_all() -> list[asyncio.Future[object]]:
+        async def send_all() -> list[asyncio.Future[RecordMetadata]]:
             futures = []
             for key, value in records:
                 futures.append(await producer.send(topic, value=value, key=key))
