@@ -1,0 +1,157 @@
+"""The commit-safe transport (streams/kafka.py), against fakes of what lies under it.
+
+The SIGKILL tests of the integration tier pass with Faust's own transport too (two runs): the
+window in which Faust commits past an undelivered record is narrow. These tests pin the
+mechanism itself: the flush before every commit waits for every record handed over, and
+refuses (raises) when one failed or a batch failed, and the commit never passes a message of
+this generation that is still in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+import pytest
+from faust.exceptions import ProducerSendError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.app import AtlasApp, create_app
+from streams.kafka import SafeConsumer, SafeProducer
+from streams.settings import Settings
+
+TOPIC_PARTITION = TP("atlas.payments.v1", 0)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> AtlasApp:
+    settings = Settings(
+        _env_file=None,
+        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
+        table_store="memory://",
+        data_dir=tmp_path,
+    )
+    return create_app(settings)
+
+
+class Broker:
+    """Stands in for aiokafka under Faust's producer: each send acks (or fails) later."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[Any]] = []
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        await asyncio.sleep(0)  # appending to the accumulator
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        return fut
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker()
+    with mock.patch.object(faust_aiokafka.Producer, "send", b.send):
+        yield b
+
+
+async def send(producer: SafeProducer) -> Any:
+    return await producer.send("t", b"k", b"v", None, None, None)
+
+
+async def test_the_transport_is_the_safe_one(app: AtlasApp) -> None:
+    assert isinstance(app.producer, SafeProducer)
+    assert isinstance(app.consumer, SafeConsumer)
+
+
+async def test_flush_waits_for_every_record_handed_over(app: AtlasApp, broker: Broker) -> None:
+    producer = app.producer
+    await send(producer)
+    await send(producer)
+    flush = asyncio.create_task(producer.flush())
+    await asyncio.sleep(0.05)
+    assert not flush.done(), "flush returned while records were unacknowledged"
+    broker.pending[0].set_result("ok")
+    await asyncio.sleep(0.01)
+    assert not flush.done()
+    broker.pending[1].set_result("ok")
+    await asyncio.wait_for(flush, 1)
+    assert producer.outstanding == 0
+
+
+async def test_a_failed_delivery_refuses_this_and_every_later_commit(
+    app: AtlasApp, broker: Broker
+) -> None:
+    producer = app.producer
+    await send(producer)
+    broker.pending[0].set_exception(RuntimeError("broker said no"))
+    with pytest.raises(ProducerSendError):
+        await producer.flush()
+    with pytest.raises(ProducerSendError):  # sticky: nothing is committed after a loss
+        await producer.flush()
+
+
+async def test_a_record_not_acknowledged_in_time_refuses_the_commit(
+    app: AtlasApp, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.producer, "flush_timeout_s", 0.05)
+    await send(app.producer)
+    with pytest.raises(ProducerSendError, match="not acknowledged"):
+        await app.producer.flush()
+
+
+async def test_records_handed_over_after_the_flush_started_do_not_hold_it(
+    app: AtlasApp, broker: Broker
+) -> None:
+    producer = app.producer
+    await send(producer)
+    flush = asyncio.create_task(producer.flush())
+    await asyncio.sleep(0.01)
+    await send(producer)  # a later batch's record: the next commit's business
+    broker.pending[0].set_result("ok")
+    await asyncio.wait_for(flush, 1)
+    assert producer.outstanding == 1
+
+
+async def test_fail_refuses_later_commits(app: AtlasApp) -> None:
+    app.producer.fail(RuntimeError("a batch failed half-way"))
+    with pytest.raises(ProducerSendError):
+        await app.producer.flush()
+
+
+def in_flight(
+    consumer: SafeConsumer, committed: int, acked: list[int], *flying: tuple[int, int]
+) -> None:
+    consumer._committed_offset[TOPIC_PARTITION] = committed
+    consumer._acked[TOPIC_PARTITION] = list(acked)
+    consumer._acked_index[TOPIC_PARTITION] = set(acked)
+    consumer._unacked_messages = [  # type: ignore[assignment]
+        SimpleNamespace(tp=TOPIC_PARTITION, offset=o, acked=False, generation_id=g)
+        for o, g in flying
+    ]
+
+
+def test_the_commit_never_passes_a_message_in_flight(app: AtlasApp) -> None:
+    consumer = app.consumer
+    generation = app.consumer_generation_id
+    # Faust issue #606: with 31 in flight and 32, 33 acked, Faust alone commits 34...
+    in_flight(consumer, 31, [32, 33], (31, generation))
+    assert faust_aiokafka.Consumer._new_offset(consumer, TOPIC_PARTITION) == 34
+    # ...and the safe consumer holds the commit at 31.
+    in_flight(consumer, 31, [32, 33], (31, generation))
+    assert consumer._new_offset(TOPIC_PARTITION) is None
+    assert consumer._acked[TOPIC_PARTITION] == [32, 33]  # kept for when 31 is acked
+    in_flight(consumer, 31, [31, 32, 34, 35], (33, generation))
+    assert consumer._new_offset(TOPIC_PARTITION) == 33
+
+
+def test_messages_of_an_older_generation_do_not_hold_the_commit(app: AtlasApp) -> None:
+    consumer = app.consumer
+    # After a rebalance the stream drops the old generation's messages without acking them.
+    in_flight(consumer, 31, [31, 32, 33], (31, app.consumer_generation_id - 1))
+    assert consumer._new_offset(TOPIC_PARTITION) == 34
