@@ -19,6 +19,7 @@ that were really committed, for the dedup marks' archiving (`tables.ledger`).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -115,34 +116,74 @@ class SafeProducer(faust_aiokafka.Producer):
 
 
 class SafeConsumer(faust_aiokafka.Consumer):
+    # How long the head of a partition may stay unacked, with nothing of it in flight, before
+    # it is read again from the committed offset.
+    stall_s: float = 10.0
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.committed: dict[TP, int] = {}
+        self._stalled_since: dict[TP, float] = {}
 
     def _new_offset(self, tp: TP) -> int | None:
-        # Only this generation's messages are in flight: the stream drops older ones unacked
-        # after a rebalance, and they linger in this weak set until collected.
-        generation = self.app.consumer_generation_id
-        lowest = min(
-            (
-                m.offset
-                for m in list(self._unacked_messages)
-                if m.tp == tp and not m.acked and m.generation_id == generation
-            ),
-            default=None,
-        )
-        if lowest is None:
-            return super()._new_offset(tp)
+        """The offset to commit for `tp`: never past an offset that was not acked.
+
+        Faust's own rule lets a single missing offset at the head pass (its issue #606: with
+        31 in flight and 32, 33 acked it commits 34). Here a missing head offset holds the
+        commit: when the message is in flight, until it is acked; when nothing is in flight
+        (seen after a partition moved: offsets delivered in the old generation, dropped, never
+        acked), the partition is read again from the committed offset, which dedup makes safe.
+        """
         acked = self._acked[tp]
-        held = [o for o in acked if o >= lowest]
-        if held:
-            acked[:] = [o for o in acked if o < lowest]
-        try:
+        if len(acked) != len(set(acked)):  # after a move Faust can ack an offset twice
+            acked[:] = sorted(set(acked))
+        if not acked:
+            self._stalled_since.pop(tp, None)
+            return None
+        committed = self._committed_offset.get(tp)
+        # Only this generation's messages are in flight: the stream drops older ones after a
+        # rebalance, and they linger in this weak set until collected.
+        generation = self.app.consumer_generation_id
+        in_flight = [
+            m.offset
+            for m in list(self._unacked_messages)
+            if m.tp == tp and not m.acked and m.generation_id == generation
+        ]
+        head = committed if committed is not None else min(acked)
+        lowest_acked = min(acked)
+        if lowest_acked > head and not self._gap_covers(tp, head, lowest_acked):
+            if not in_flight:
+                self._heal(tp, head)
+            return None
+        self._stalled_since.pop(tp, None)
+        if not in_flight:
             return super()._new_offset(tp)
+        lowest = min(in_flight)
+        held = [o for o in acked if o >= lowest]
+        acked[:] = [o for o in acked if o < lowest]
+        try:
+            return super()._new_offset(tp) if acked else None
         finally:
-            if held:
-                acked.extend(held)
-                acked.sort()
+            acked.extend(held)
+            acked.sort()
+
+    def _gap_covers(self, tp: TP, start: int, end: int) -> bool:
+        """Whether Faust recorded [start, end) as a gap in the log (compaction), not a hole."""
+        gaps = self._gap.get(tp)
+        return gaps is not None and bool(gaps) and all(gaps.overlaps(o) for o in range(start, end))
+
+    def _heal(self, tp: TP, committed: int) -> None:
+        now = time.monotonic()
+        since = self._stalled_since.setdefault(tp, now)
+        if now - since < self.stall_s:
+            return
+        self._stalled_since.pop(tp, None)
+        self.log.warning(
+            "offset %s of %s was never acked and nothing is in flight: reading it again",
+            committed,
+            tp,
+        )
+        self.add_future(self.seek(tp, committed))
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         done: bool = await super()._commit(offsets)

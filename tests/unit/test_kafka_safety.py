@@ -155,3 +155,41 @@ def test_messages_of_an_older_generation_do_not_hold_the_commit(app: AtlasApp) -
     # After a rebalance the stream drops the old generation's messages without acking them.
     in_flight(consumer, 31, [31, 32, 33], (31, app.consumer_generation_id - 1))
     assert consumer._new_offset(TOPIC_PARTITION) == 34
+
+
+def test_a_hole_at_the_head_holds_the_commit(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = app.consumer
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "add_future", lambda coro: asyncio.ensure_future(coro))
+    # 31 was delivered but never acked, and nothing is in flight (dropped in a rebalance).
+    in_flight(consumer, 31, [32, 33])
+    assert faust_aiokafka.Consumer._new_offset(consumer, TOPIC_PARTITION) == 34  # Faust: skip
+    in_flight(consumer, 31, [32, 33])
+    monkeypatch.setattr(consumer, "stall_s", 3600.0)
+    assert consumer._new_offset(TOPIC_PARTITION) is None  # held, not skipped
+    assert seeks == []  # not yet stalled for long
+
+
+async def test_a_stalled_head_is_read_again_from_the_committed_offset(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = app.consumer
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "add_future", lambda coro: asyncio.ensure_future(coro))
+    monkeypatch.setattr(consumer, "stall_s", 0.0)
+    in_flight(consumer, 31, [32, 33])
+    assert consumer._new_offset(TOPIC_PARTITION) is None
+    await asyncio.sleep(0)
+    assert seeks == [(TOPIC_PARTITION, 31)]  # ...and read again, which dedup makes safe
