@@ -99,61 +99,48 @@ class ChangeAccountStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestTransfer:
+class _TransferStep:
+    """What every step of a transfer carries; `leg` names the step in its dedup key."""
+
+    transfer_id: str
+    from_account: str
+    to_account: str
+    amount: int
+    currency: str
+
+    leg = ""
+    on_source = True  # whether the step changes the source account (else the destination)
+
+    @property
+    def account_id(self) -> str:
+        return self.from_account if self.on_source else self.to_account
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.transfer_id}:{self.leg}"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTransfer(_TransferStep):
     """Leg 1, on the source account: debit it or reject the transfer."""
 
-    transfer_id: str
-    from_account: str
-    to_account: str
-    amount: int
-    currency: str
-
-    @property
-    def account_id(self) -> str:
-        return self.from_account
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.transfer_id}:debit"
+    leg = "debit"
 
 
 @dataclass(frozen=True, slots=True)
-class CreditLeg:
+class CreditLeg(_TransferStep):
     """Leg 2, on the destination account: credit it, or send the money back."""
 
-    transfer_id: str
-    from_account: str
-    to_account: str
-    amount: int
-    currency: str
-
-    @property
-    def account_id(self) -> str:
-        return self.to_account
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.transfer_id}:credit"
+    leg = "credit"
+    on_source = False
 
 
 @dataclass(frozen=True, slots=True)
-class RefundLeg:
+class RefundLeg(_TransferStep):
     """Leg 3, back on the source account: credit the debited amount back."""
 
-    transfer_id: str
-    from_account: str
-    to_account: str
-    amount: int
-    currency: str
-    reason: str
-
-    @property
-    def account_id(self) -> str:
-        return self.from_account
-
-    @property
-    def dedup_key(self) -> str:
-        return f"{self.transfer_id}:refund"
+    reason: str = ""
+    leg = "refund"
 
 
 AccountMessage = (

@@ -157,17 +157,23 @@ def test_messages_of_an_older_generation_do_not_hold_the_commit(app: AtlasApp) -
     assert consumer._new_offset(TOPIC_PARTITION) == 34
 
 
-def test_a_hole_at_the_head_holds_the_commit(
-    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    consumer = app.consumer
-    seeks: list[tuple[TP, int]] = []
+@pytest.fixture
+def seeks(app: AtlasApp, monkeypatch: pytest.MonkeyPatch) -> list[tuple[TP, int]]:
+    """Where the consumer asked to read again from (instead of seeking a real consumer)."""
+    asked: list[tuple[TP, int]] = []
 
     async def seek(tp: TP, offset: int) -> None:
-        seeks.append((tp, offset))
+        asked.append((tp, offset))
 
-    monkeypatch.setattr(consumer, "seek", seek)
-    monkeypatch.setattr(consumer, "add_future", lambda coro: asyncio.ensure_future(coro))
+    monkeypatch.setattr(app.consumer, "seek", seek)
+    monkeypatch.setattr(app.consumer, "add_future", asyncio.ensure_future)
+    return asked
+
+
+def test_a_hole_at_the_head_holds_the_commit(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch, seeks: list[tuple[TP, int]]
+) -> None:
+    consumer = app.consumer
     # 31 was delivered but never acked, and nothing is in flight (dropped in a rebalance).
     in_flight(consumer, 31, [32, 33])
     assert faust_aiokafka.Consumer._new_offset(consumer, TOPIC_PARTITION) == 34  # Faust: skip
@@ -178,16 +184,9 @@ def test_a_hole_at_the_head_holds_the_commit(
 
 
 async def test_a_stalled_head_is_read_again_from_the_committed_offset(
-    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch, seeks: list[tuple[TP, int]]
 ) -> None:
     consumer = app.consumer
-    seeks: list[tuple[TP, int]] = []
-
-    async def seek(tp: TP, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    monkeypatch.setattr(consumer, "seek", seek)
-    monkeypatch.setattr(consumer, "add_future", lambda coro: asyncio.ensure_future(coro))
     monkeypatch.setattr(consumer, "stall_s", 0.0)
     in_flight(consumer, 31, [32, 33])
     assert consumer._new_offset(TOPIC_PARTITION) is None
