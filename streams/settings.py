@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Namespaces every topic (empty in production; tests keep runs apart with it).
     topic_prefix: str = ""
 
+    # How long an Idempotency-Key is remembered (its response replayed) before it is reaped.
+    idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
+
     # Ledger rules and the stream hot path.
     max_amount: int = Field(default=100_000_000_000, ge=1)
     dedup_window: int = Field(default=32, ge=1)
