@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import aiohttp.web
 import faust
 from faust.types import TP
 from mode import ServiceT
@@ -26,9 +28,11 @@ from tables.ledger import Limits
 from tables.messages import Position
 from tables.store import define_tables
 from web import server
+from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
 from web.middleware import MIDDLEWARES
 from web.reads import TableReads
+from web.writes import WriteViews
 
 try:
     VERSION = version("atlas-ledger")
@@ -43,6 +47,7 @@ class AtlasApp(faust.App):
         self.settings = settings
         super().__init__(settings.app_name, **options)
         self.resources = Resources(settings, beacon=self.beacon)
+        self.clients = ClientStore(lambda: self.resources.pg, timeout_s=settings.postgres_timeout_s)
         partitions = settings.topic_partitions
         self.topics_ = define_topics(self, settings.topic_prefix, partitions)
         self.ledger_tables = define_tables(self, partitions)
@@ -72,12 +77,20 @@ class AtlasApp(faust.App):
 
     def on_webserver_init(self, web: Any) -> None:
         checks = dependency_checks(self.resources, self.settings, lambda: self.tables.actives_ready)
+        # Innermost: refusals are still correlated, counted and rendered as problems.
+        web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
         server.install(web.web_app, checks, VERSION)
         TableReads(self).install(web.web_app.router)
+        WriteViews(self.settings, lambda: self.resources.pg, _client_id).install(web.web_app.router)
 
     async def on_started(self) -> None:
         await super().on_started()
         reset_root_level(self.settings.log_level)
+
+
+def _client_id(request: aiohttp.web.Request) -> uuid.UUID | None:
+    client = request.get(CLIENT)
+    return client.id if client is not None else None
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     sys.argv = with_log_level(sys.argv, settings.log_level)
-    from streams import commands  # noqa: F401  (registers the subcommands)
+    from streams import client_commands, commands  # noqa: F401  (registers the subcommands)
     from streams.app import app
 
     app.main()
