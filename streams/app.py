@@ -20,6 +20,7 @@ from streams import kafka
 from streams.agents import install_agents
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
+from streams.relay import OutboxRelay
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
 from streams.topics import TopicDeclarer, define_topics
@@ -47,6 +48,16 @@ class AtlasApp(faust.App):
         self.settings = settings
         super().__init__(settings.app_name, **options)
         self.resources = Resources(settings, beacon=self.beacon)
+        self.relay = OutboxRelay(
+            settings,
+            batch=settings.relay_batch,
+            poll_s=settings.relay_poll_s,
+            publish_timeout_s=settings.relay_publish_timeout_s,
+            reap_every_s=settings.relay_reap_every_s,
+            published_retention_s=settings.outbox_retention_s,
+            retry_max_s=settings.relay_retry_max_s,
+            beacon=self.beacon,
+        )
         self.clients = ClientStore(lambda: self.resources.pg, timeout_s=settings.postgres_timeout_s)
         partitions = settings.topic_partitions
         self.topics_ = define_topics(self, settings.topic_prefix, partitions)
@@ -73,6 +84,7 @@ class AtlasApp(faust.App):
             *super().on_init_dependencies(),
             self.resources,
             TopicDeclarer(self.topics_, beacon=self.beacon),
+            self.relay,  # last: it stops first
         ]
 
     def on_webserver_init(self, web: Any) -> None:

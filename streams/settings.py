@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     # Namespaces every topic (empty in production; tests keep runs apart with it).
     topic_prefix: str = ""
 
+    # Outbox relay (streams/relay.py).
+    relay_batch: int = Field(default=500, ge=1)
+    relay_poll_s: float = Field(default=1.0, gt=0)
+    relay_publish_timeout_s: float = Field(default=10.0, gt=0)
+    relay_reap_every_s: float = Field(default=60.0, gt=0)
+    relay_retry_max_s: float = Field(default=30.0, gt=0)
+    outbox_retention_s: float = Field(default=24 * 3600.0, gt=0)
+
     # How long an Idempotency-Key is remembered (its response replayed) before it is reaped.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 

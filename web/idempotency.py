@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-NOTIFY_CHANNEL = "atlas_outbox"
+from streams.relay import CHANNEL as NOTIFY_CHANNEL
 
 
 def fingerprint(method: str, path: str, body: Any) -> bytes:
