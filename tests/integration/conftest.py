@@ -15,6 +15,7 @@ import pytest
 from tests.integration.processes import WorkerProcess, free_port
 from tests.integration.stack import Stack, services
 from web import migrate
+from web.auth import create_client
 
 pytestmark = pytest.mark.integration
 
@@ -81,6 +82,20 @@ def database_url(make_database: Callable[[bool], str]) -> str:
 
 
 @pytest.fixture(scope="session")
+def api_key(database_url: str) -> str:
+    """An API client's key in the session database, for the /v1 routes."""
+
+    async def make() -> str:
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            return (await create_client(conn, f"tests-{uuid.uuid4().hex[:8]}"))[1]
+        finally:
+            await conn.close()
+
+    return asyncio.run(make())
+
+
+@pytest.fixture(scope="session")
 def base_env(
     stack: Stack, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
@@ -103,7 +118,7 @@ def base_env(
 
 @pytest.fixture
 def spawn_worker(
-    base_env: dict[str, str], tmp_path: Path
+    base_env: dict[str, str], tmp_path: Path, api_key: str
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers as subprocesses; every one still running is stopped at teardown."""
     started: list[WorkerProcess] = []
@@ -116,7 +131,7 @@ def spawn_worker(
             "ATLAS_DATA_DIR": str(tmp_path / f"worker-{port}"),
             **env,
         }
-        worker = WorkerProcess(worker_env, port, tmp_path / f"worker-{port}.log").start()
+        worker = WorkerProcess(worker_env, port, tmp_path / f"worker-{port}.log", api_key).start()
         started.append(worker)
         return worker
 

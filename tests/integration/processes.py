@@ -72,6 +72,7 @@ class WorkerProcess:
     env: dict[str, str]
     port: int
     log_path: Path
+    api_key: str | None = None  # sent with every `get`, for the /v1 routes
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -91,8 +92,13 @@ class WorkerProcess:
         log.close()
         return self
 
-    def get(self, path: str, **kwargs: Any) -> Response:
-        return http("GET", self.url + path, **kwargs)
+    def get(
+        self, path: str, *, headers: dict[str, str] | None = None, timeout: float = 10
+    ) -> Response:
+        sent = dict(headers or {})
+        if self.api_key:
+            sent.setdefault("Authorization", f"Bearer {self.api_key}")
+        return http("GET", self.url + path, headers=sent, timeout=timeout)
 
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:

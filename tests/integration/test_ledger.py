@@ -261,7 +261,9 @@ async def test_two_workers_one_killed_its_partitions_move_to_the_other(
 def metric_total(worker: WorkerProcess, name: str, **labels: str) -> float:
     total = 0.0
     for line in worker.get("/metrics").body.decode().splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 

@@ -89,7 +89,7 @@ def test_metrics_record_red_by_route_template_and_pass_promtool(worker: WorkerPr
 
 
 def test_logs_are_json_lines_carrying_the_correlation_id(worker: WorkerProcess) -> None:
-    r = worker.get("/v1/does-not-exist", headers={"X-Correlation-ID": "test-corr-42"})
+    r = worker.get("/does-not-exist", headers={"X-Correlation-ID": "test-corr-42"})
     assert r.status == 404
     assert r.headers["X-Correlation-ID"] == "test-corr-42"
     assert r.headers["Content-Type"].startswith("application/problem+json")

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
-from web.auth import create_client
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
-
-
-@pytest.fixture(scope="module")
-def api_key(database_url: str) -> str:
-    async def make() -> str:
-        conn = await asyncpg.connect(database_url, timeout=10)
-        try:
-            _, key = await create_client(conn, f"writes-{uuid.uuid4().hex[:8]}")
-            return key
-        finally:
-            await conn.close()
-
-    return asyncio.run(make())
 
 
 def post(
