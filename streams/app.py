@@ -32,6 +32,7 @@ from web import server
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
 from web.middleware import MIDDLEWARES
+from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
 from web.writes import WriteViews
 
@@ -57,6 +58,11 @@ class AtlasApp(faust.App):
             published_retention_s=settings.outbox_retention_s,
             retry_max_s=settings.relay_retry_max_s,
             beacon=self.beacon,
+        )
+        self.limiter = RateLimiter(
+            lambda: self.resources.redis,
+            Rate(settings.rate_limit_per_s, settings.rate_limit_burst),
+            timeout_s=settings.redis_timeout_s,
         )
         self.clients = ClientStore(lambda: self.resources.pg, timeout_s=settings.postgres_timeout_s)
         partitions = settings.topic_partitions
@@ -88,9 +94,16 @@ class AtlasApp(faust.App):
         ]
 
     def on_webserver_init(self, web: Any) -> None:
+        # Faust may initialise its web server more than once (start, and again for the
+        # server thread); middlewares and routes must be installed once.
+        if web.web_app.get(_INSTALLED):
+            return
+        web.web_app[_INSTALLED] = True
         checks = dependency_checks(self.resources, self.settings, lambda: self.tables.actives_ready)
-        # Innermost: refusals are still correlated, counted and rendered as problems.
+        # Innermost: refusals are still correlated, counted and rendered as problems; the
+        # limiter needs the client that auth found.
         web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
+        web.web_app.middlewares.append(rate_limit_middleware(self.limiter, _client_key))
         server.install(web.web_app, checks, VERSION)
         TableReads(self).install(web.web_app.router)
         WriteViews(self.settings, lambda: self.resources.pg, _client_id).install(web.web_app.router)
@@ -98,6 +111,14 @@ class AtlasApp(faust.App):
     async def on_started(self) -> None:
         await super().on_started()
         reset_root_level(self.settings.log_level)
+
+
+_INSTALLED = aiohttp.web.AppKey("atlas_installed", bool)
+
+
+def _client_key(request: aiohttp.web.Request) -> str | None:
+    client = request.get(CLIENT)
+    return str(client.id) if client is not None else None
 
 
 def _client_id(request: aiohttp.web.Request) -> uuid.UUID | None:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     relay_retry_max_s: float = Field(default=30.0, gt=0)
     outbox_retention_s: float = Field(default=24 * 3600.0, gt=0)
 
+    # Per-client rate limit (GCRA): sustained requests per second, and the burst on top.
+    rate_limit_per_s: float = Field(default=200.0, gt=0)
+    rate_limit_burst: int = Field(default=400, ge=1)
+
     # How long an Idempotency-Key is remembered (its response replayed) before it is reaped.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 

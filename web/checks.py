@@ -53,7 +53,15 @@ def dependency_checks(
             observed_unit="applied",
             timed=False,
         ),
-        Check("redis:responseTime", "datastore", redis, settings.redis_timeout_s),
+        # Without Redis the service keeps taking writes (the rate limiter falls back to a
+        # per-worker limit): degraded, not down.
+        Check(
+            "redis:responseTime",
+            "datastore",
+            redis,
+            settings.redis_timeout_s,
+            failure_status="warn",
+        ),
         Check("kafka:responseTime", "component", kafka, settings.kafka_timeout_s),
         Check(
             "worker:tablesRecovered", "system", recovery, 1.0, observed_unit="boolean", timed=False

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
+from web.auth import create_client
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
@@ -131,3 +134,22 @@ def test_refusals_are_problem_json(spawn_worker: Spawn, api_key: str) -> None:
     # Health and metrics need no credentials.
     assert worker.get("/health/live").status == 200
     assert worker.get("/metrics").status == 200
+
+
+def test_a_client_over_its_rate_gets_429(spawn_worker: Spawn, database_url: str) -> None:
+    async def make() -> str:
+        conn = await asyncpg.connect(database_url, timeout=10)
+        try:
+            return (await create_client(conn, f"limited-{uuid.uuid4().hex[:8]}"))[1]
+        finally:
+            await conn.close()
+
+    key = asyncio.run(make())
+    worker = spawn_worker(ATLAS_RATE_LIMIT_PER_S="0.2", ATLAS_RATE_LIMIT_BURST="3")
+    worker.wait_ready()
+    answers = [authed_get(worker, "/v1/accounts/nobody", key) for _ in range(4)]
+    assert [r.status for r in answers] == [404, 404, 404, 429]
+    refused = answers[-1]
+    assert refused.json()["type"] == "/problems/rate-limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert answers[0].headers["RateLimit-Limit"] == "3"

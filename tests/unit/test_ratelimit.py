@@ -1,0 +1,89 @@
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from web.middleware import MIDDLEWARES
+from web.ratelimit import LocalLimiter, Rate, RateLimiter, gcra, rate_limit_middleware
+
+
+def test_gcra_allows_the_burst_then_one_request_per_interval() -> None:
+    rate = Rate(per_second=10, burst=3)  # 100 ms apart, 3 at once
+    tat, now = 0.0, 1000.0
+    allowed = []
+    for _ in range(4):
+        decision, tat = gcra(tat, now, rate)
+        allowed.append(decision.allowed)
+    assert allowed == [True, True, True, False]
+    refused, _ = gcra(tat, now, rate)
+    assert refused.retry_after_s == pytest.approx(0.1)
+    later, _ = gcra(tat, now + 100, rate)
+    assert later.allowed
+
+
+def test_remaining_counts_down() -> None:
+    rate, tat = Rate(per_second=1, burst=3), 0.0
+    seen = []
+    for _ in range(3):
+        decision, tat = gcra(tat, 5000.0, rate)
+        seen.append(decision.remaining)
+    assert seen == [2, 1, 0]
+
+
+def test_the_local_limiter_keeps_clients_apart() -> None:
+    now = [100.0]
+    limiter = LocalLimiter(Rate(per_second=1, burst=1), clock=lambda: now[0])
+    assert limiter.check("a").allowed
+    assert not limiter.check("a").allowed
+    assert limiter.check("b").allowed
+    now[0] += 1.0
+    assert limiter.check("a").allowed
+
+
+class BrokenRedis:
+    async def eval(self, *args: Any) -> Any:
+        raise ConnectionError("redis is down")
+
+
+async def test_without_redis_the_local_limiter_decides() -> None:
+    limiter = RateLimiter(lambda: BrokenRedis(), Rate(per_second=1, burst=2), timeout_s=0.1)
+    decisions = [await limiter.check("client") for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert {d.limiter for d in decisions} == {"local"}
+    assert limiter.redis_ok is False
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:
+    limiter = RateLimiter(lambda: None, Rate(per_second=1, burst=2), timeout_s=0.1)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application(
+        middlewares=[
+            *MIDDLEWARES,
+            rate_limit_middleware(limiter, lambda r: r.headers.get("X-Client")),
+        ]
+    )
+    app.router.add_get("/v1/x", ok)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+async def test_429_is_problem_json_with_retry_after_and_ratelimit_headers(
+    client: TestClient,
+) -> None:
+    first = await client.get("/v1/x", headers={"X-Client": "c1"})
+    assert first.status == 200
+    assert first.headers["RateLimit-Limit"] == "2"
+    assert first.headers["RateLimit-Remaining"] == "1"
+    await client.get("/v1/x", headers={"X-Client": "c1"})
+    refused = await client.get("/v1/x", headers={"X-Client": "c1"})
+    assert refused.status == 429
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (await refused.json(content_type=None))["type"] == "/problems/rate-limited"
+    assert (await client.get("/v1/x")).status == 200  # no client: not limited here

@@ -1,0 +1,163 @@
+"""Per-client rate limiting: GCRA in Redis (one atomic Lua script), a local limiter as fallback.
+
+GCRA keeps one number per client, the theoretical arrival time (TAT) of its next request: a
+request is allowed while `TAT - now <= burst tolerance`, and each allowed request pushes TAT
+one emission interval further. Redis holds the TAT so every worker shares one budget per
+client; when Redis does not answer in time, each worker limits on its own (the same algorithm,
+in memory) and keeps taking writes, and health reports Redis as `warn`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from web.metrics import REGISTRY
+from web.problems import problem_response
+
+RATE_LIMITED = Counter(
+    "atlas_rate_limited",
+    "Requests refused with 429, by where the decision was made (redis or local).",
+    ["limiter"],
+    registry=REGISTRY,
+)
+LIMITER_FALLBACKS = Counter(
+    "atlas_rate_limiter_fallbacks",
+    "Decisions made by the local limiter because Redis did not answer.",
+    registry=REGISTRY,
+)
+
+# KEYS[1] the client's TAT key; ARGV: emission interval (ms), burst tolerance (ms).
+# Redis's own clock, so every worker measures time the same way.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return {0, allow_at - now, 0}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + interval))
+return {1, 0, math.floor((tolerance - (new_tat - now)) / interval) + 1}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after_s: float
+    remaining: int
+    limiter: str
+
+
+@dataclass(frozen=True)
+class Rate:
+    per_second: float
+    burst: int
+
+    @property
+    def interval_ms(self) -> float:
+        return 1000.0 / self.per_second
+
+    @property
+    def tolerance_ms(self) -> float:
+        return self.interval_ms * (self.burst - 1)
+
+
+def gcra(tat_ms: float, now_ms: float, rate: Rate) -> tuple[Decision, float]:
+    """One GCRA step (pure): the decision and the new TAT."""
+    tat = max(tat_ms, now_ms)
+    allow_at = tat - rate.tolerance_ms
+    if now_ms < allow_at:
+        return Decision(False, (allow_at - now_ms) / 1000.0, 0, "local"), tat
+    new_tat = tat + rate.interval_ms
+    remaining = int((rate.tolerance_ms - (new_tat - now_ms)) // rate.interval_ms) + 1
+    return Decision(True, 0.0, max(remaining, 0), "local"), new_tat
+
+
+class LocalLimiter:
+    """GCRA in memory, per worker: the fallback while Redis does not answer."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.clock = rate, clock
+        self._tat: dict[str, float] = {}
+
+    def check(self, client: str) -> Decision:
+        now = self.clock() * 1000.0
+        decision, tat = gcra(self._tat.get(client, now), now, self.rate)
+        if decision.allowed:
+            self._tat[client] = tat
+        if len(self._tat) > 100_000:  # forget idle clients rather than grow without bound
+            self._tat = {c: t for c, t in self._tat.items() if t > now}
+        return decision
+
+
+class RateLimiter:
+    def __init__(
+        self, redis: Callable[[], Any], rate: Rate, timeout_s: float, prefix: str = "atlas:rl:"
+    ) -> None:
+        self._redis, self.rate, self.timeout_s, self.prefix = redis, rate, timeout_s, prefix
+        self.local = LocalLimiter(rate)
+        self.redis_ok = True
+
+    async def check(self, client: str) -> Decision:
+        redis = self._redis()
+        if redis is not None:
+            try:
+                allowed, wait_ms, remaining = await redis.eval(
+                    GCRA_LUA,
+                    1,
+                    self.prefix + client,
+                    self.rate.interval_ms,
+                    self.rate.tolerance_ms,
+                )
+                self.redis_ok = True
+                return Decision(bool(allowed), float(wait_ms) / 1000.0, int(remaining), "redis")
+            except Exception:  # Redis down or slow: the client timeouts bound the wait
+                self.redis_ok = False
+        LIMITER_FALLBACKS.inc()
+        return self.local.check(client)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def rate_limit_middleware(
+    limiter: RateLimiter, client_key: Callable[[web.Request], str | None]
+) -> Any:
+    """429 with Retry-After and RateLimit headers once a client spends its budget."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = client_key(request)
+        if client is None:
+            return await handler(request)
+        decision = await limiter.check(client)
+        headers = {
+            "RateLimit-Limit": str(limiter.rate.burst),
+            "RateLimit-Remaining": str(decision.remaining),
+        }
+        if not decision.allowed:
+            RATE_LIMITED.labels(decision.limiter).inc()
+            retry = max(1, int(decision.retry_after_s + 0.999))
+            return problem_response(
+                429,
+                slug="rate-limited",
+                detail="too many requests for this API client",
+                instance=request.path,
+                headers={**headers, "Retry-After": str(retry)},
+            )
+        response = await handler(request)
+        response.headers.update(headers)
+        return response
+
+    return middleware
