@@ -192,6 +192,12 @@ class WriteViews:
                 "idempotency-key-reused",
                 "this Idempotency-Key was used for a different request",
             )
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            # PostgreSQL down or too slow: nothing was accepted, the client may retry the key.
+            return _problem(
+                request, 503, "unavailable", "the write store is not answering; retry later",
+                headers={"Retry-After": "2"},
+            )
         except idempotency.RequestInFlight:
             return _problem(
                 request,

@@ -41,9 +41,14 @@ class Response:
 
 
 def http(
-    method: str, url: str, *, headers: dict[str, str] | None = None, timeout: float = 10
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    data: bytes | None = None,
 ) -> Response:
-    request = urllib.request.Request(url, method=method, headers=headers or {})
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             return Response(r.status, dict(r.headers.items()), r.read())

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.integration.processes import WorkerProcess, free_port, run_service_script, wait_until
+from tests.integration.processes import (
+    Response,
+    WorkerProcess,
+    free_port,
+    run_service_script,
+    wait_until,
+)
 from web import migrate
 
 pytestmark = pytest.mark.integration
@@ -134,3 +141,39 @@ def test_postgres_outage_turns_health_fail_within_10s_and_recovers(
     postgres.start()
     wait_until(lambda: readiness(worker)[0] == 200, timeout=15, what="readiness back to 200")
     assert worker.proc is not None and worker.proc.poll() is None, "the worker must not restart"
+
+
+def test_writes_get_503_while_postgres_is_down_and_202_when_it_is_back(
+    spawn_worker: Spawn, own_postgres: tuple[OwnService, str]
+) -> None:
+    from tests.integration.test_writes import post
+    from web.auth import create_client
+
+    postgres, url = own_postgres
+
+    async def make_key() -> str:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            return (await create_client(conn, "outage-client"))[1]
+        finally:
+            await conn.close()
+
+    key = asyncio.run(make_key())
+    worker = spawn_worker(DATABASE_URL=url)
+    worker.api_key = key
+    worker.wait_ready()
+
+    def open_account(idem: str) -> Response:
+        return post(worker, "/v1/accounts", {"owner_email": "o@x.io", "currency": "EUR"}, key, idem)
+
+    assert open_account("before").status == 202  # also caches the client's key
+    postgres.stop()
+    started = time.monotonic()
+    down = open_account("during")
+    assert down.status == 503, down.body
+    assert time.monotonic() - started < 5  # refused within the deadline, not hung
+    assert down.headers["Retry-After"]
+    assert down.json()["type"] == "/problems/unavailable"
+
+    postgres.start()
+    wait_until(lambda: open_account("during").status == 202, timeout=20, what="202 again")

@@ -26,15 +26,8 @@ def post(
         headers["Authorization"] = f"Bearer {key}"
     if idem:
         headers["Idempotency-Key"] = idem
-    import urllib.request
-
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(worker.url + path, data=data, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return Response(r.status, dict(r.headers.items()), r.read())
-    except urllib.error.HTTPError as e:
-        return Response(e.code, dict(e.headers.items()), e.read())
+    return http("POST", worker.url + path, data=data, headers=headers)
 
 
 def authed_get(worker: WorkerProcess, path: str, key: str) -> Response:
