@@ -195,7 +195,10 @@ class WriteViews:
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
             # PostgreSQL down or too slow: nothing was accepted, the client may retry the key.
             return _problem(
-                request, 503, "unavailable", "the write store is not answering; retry later",
+                request,
+                503,
+                "unavailable",
+                "the write store is not answering; retry later",
                 headers={"Retry-After": "2"},
             )
         except idempotency.RequestInFlight:
