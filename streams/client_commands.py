@@ -11,7 +11,7 @@ from datetime import datetime
 from faust.cli import AppCommand, argument
 
 from streams.app import app
-from streams.commands import _connect
+from streams.commands import connect
 from web import auth
 
 
@@ -22,7 +22,7 @@ def _when(moment: datetime | None) -> str:
 @app.command(argument("name"))
 async def clients_create(self: AppCommand, name: str) -> None:
     """Create an API client and print its key (shown this once, stored only as a hash)."""
-    conn = await _connect()
+    conn = await connect()
     try:
         client_id, key = await auth.create_client(conn, name)
     except (auth.ClientNameTaken, auth.InvalidClientName) as exc:
@@ -39,7 +39,7 @@ async def clients_create(self: AppCommand, name: str) -> None:
 @app.command(argument("name"))
 async def clients_revoke(self: AppCommand, name: str) -> None:
     """Revoke an API client: its key stops working on every worker within the cache TTL."""
-    conn = await _connect()
+    conn = await connect()
     try:
         client = await auth.revoke_client(conn, name)
     except auth.UnknownClient as exc:
@@ -52,7 +52,7 @@ async def clients_revoke(self: AppCommand, name: str) -> None:
 @app.command()
 async def clients_list(self: AppCommand) -> None:
     """List API clients: id, name, key prefix, created and revoked times (never keys)."""
-    conn = await _connect()
+    conn = await connect()
     try:
         clients = await auth.list_clients(conn)
     finally:

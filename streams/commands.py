@@ -15,7 +15,7 @@ from tables.errors import AtlasError
 from web import migrate as migrations
 
 
-async def _connect() -> asyncpg.Connection:
+async def connect() -> asyncpg.Connection:
     s = app.settings
     return await asyncpg.connect(
         s.database_url.get_secret_value(), timeout=s.postgres_timeout_s, command_timeout=60
@@ -25,7 +25,7 @@ async def _connect() -> asyncpg.Connection:
 @app.command()
 async def migrate(self: AppCommand) -> None:
     """Apply pending migrations in order (under an advisory lock)."""
-    conn = await _connect()
+    conn = await connect()
     try:
         applied = await migrations.migrate(conn, app.settings.migrations_dir)
     except AtlasError as exc:
@@ -40,7 +40,7 @@ async def migrate(self: AppCommand) -> None:
 @app.command()
 async def migration_history(self: AppCommand) -> None:
     """List migrations with their state: applied, pending or changed."""
-    conn = await _connect()
+    conn = await connect()
     try:
         applied = {a.version: a for a in await migrations.applied_migrations(conn)}
         state = await migrations.status(conn, app.settings.migrations_dir)
@@ -75,7 +75,7 @@ async def db_reset(self: AppCommand, yes: bool) -> None:
         raise SystemExit("db-reset: refused in production")
     if not yes:
         raise SystemExit("db-reset: drops every table; pass --yes to confirm")
-    conn = await _connect()
+    conn = await connect()
     try:
         await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
         applied = await migrations.migrate(conn, app.settings.migrations_dir)

@@ -163,3 +163,18 @@ def run_service_script(
         timeout=120,
         check=False,
     )
+
+
+def run_atlas(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the `atlas` command line with `env`, from the repository root."""
+    return subprocess.run(
+        [ATLAS, *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

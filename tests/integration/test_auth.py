@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from tables.errors import DependencyUnavailable
-from tests.integration.processes import ATLAS, REPO_ROOT, free_port
+from tests.integration.processes import free_port, run_atlas
 from web import auth
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.middleware import MIDDLEWARES
@@ -53,15 +53,7 @@ def test_cli_creates_lists_and_revokes_clients(db_url: str, base_env: dict[str, 
     env = {**base_env, "DATABASE_URL": db_url}
 
     def atlas(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [ATLAS, *args],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_atlas(env, *args)
 
     created = atlas("clients-create", "acme")
     assert created.returncode == 0, created.stdout + created.stderr

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from streams.kafka import partition_for
-from tests.integration.processes import ATLAS, REPO_ROOT, WorkerProcess
+from tests.integration.processes import WorkerProcess, run_atlas
 from tests.integration.stack import Stack
 from tests.integration.workload import (
     Namespace,
@@ -48,15 +48,7 @@ async def ns(stack: Stack) -> AsyncIterator[Namespace]:
 
 
 def atlas(ns: Namespace, base_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ATLAS, *args],
-        env={**base_env, **ns.worker_env()},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_atlas({**base_env, **ns.worker_env()}, *args)
 
 
 def alive(*workers: WorkerProcess) -> Callable[[], None]:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from tables.errors import MigrationChecksumMismatch
-from tests.integration.processes import ATLAS, REPO_ROOT
+from tests.integration.processes import REPO_ROOT, run_atlas
 from web import migrate
 
 pytestmark = pytest.mark.integration
@@ -77,15 +77,7 @@ def test_cli_migrate_and_history(
     env = {**base_env, "DATABASE_URL": url}
 
     def atlas(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [ATLAS, *args],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_atlas(env, *args)
 
     before = atlas("migration-history")
     assert before.returncode == 1
