@@ -18,6 +18,7 @@ from mode import ServiceT
 
 from streams import kafka
 from streams.agents import install_agents
+from streams.backlog import OutboxBacklog
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
 from streams.relay import OutboxRelay
@@ -31,7 +32,7 @@ from tables.store import define_tables
 from web import server
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
-from web.middleware import MIDDLEWARES
+from web.middleware import MIDDLEWARES, deadline_middleware
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
 from web.writes import WriteViews
@@ -57,14 +58,21 @@ class AtlasApp(faust.App):
             reap_every_s=settings.relay_reap_every_s,
             published_retention_s=settings.outbox_retention_s,
             retry_max_s=settings.relay_retry_max_s,
+            breakers=self.resources.breakers,
             beacon=self.beacon,
         )
+        self.backlog = OutboxBacklog(settings, self.resources, beacon=self.beacon)
         self.limiter = RateLimiter(
             lambda: self.resources.redis,
             Rate(settings.rate_limit_per_s, settings.rate_limit_burst),
             timeout_s=settings.redis_timeout_s,
+            breakers=self.resources.breakers,
         )
-        self.clients = ClientStore(lambda: self.resources.pg, timeout_s=settings.postgres_timeout_s)
+        self.clients = ClientStore(
+            lambda: self.resources.pg,
+            timeout_s=settings.postgres_timeout_s,
+            breakers=self.resources.breakers,
+        )
         partitions = settings.topic_partitions
         self.topics_ = define_topics(self, settings.topic_prefix, partitions)
         self.ledger_tables = define_tables(self, partitions)
@@ -89,6 +97,7 @@ class AtlasApp(faust.App):
         return [
             *super().on_init_dependencies(),
             self.resources,
+            self.backlog,
             TopicDeclarer(self.topics_, beacon=self.beacon),
             self.relay,  # last: it stops first
         ]
@@ -99,14 +108,23 @@ class AtlasApp(faust.App):
         if web.web_app.get(_INSTALLED):
             return
         web.web_app[_INSTALLED] = True
-        checks = dependency_checks(self.resources, self.settings, lambda: self.tables.actives_ready)
+        checks = dependency_checks(
+            self.resources, self.settings, lambda: self.tables.actives_ready, self.backlog
+        )
         # Innermost: refusals are still correlated, counted and rendered as problems; the
-        # limiter needs the client that auth found.
+        # deadline bounds auth, the limiter and the view; the limiter needs auth's client.
+        web.web_app.middlewares.append(deadline_middleware(self.settings.request_deadline_s))
         web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
         web.web_app.middlewares.append(rate_limit_middleware(self.limiter, _client_key))
         server.install(web.web_app, checks, VERSION)
         TableReads(self).install(web.web_app.router)
-        WriteViews(self.settings, lambda: self.resources.pg, _client_id).install(web.web_app.router)
+        WriteViews(
+            self.settings,
+            lambda: self.resources.pg,
+            _client_id,
+            breakers=self.resources.breakers,
+            shedding=lambda: self.backlog.over_limit,
+        ).install(web.web_app.router)
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -151,7 +169,10 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_host": settings.web_host,
         "web_port": settings.web_port,
         "canonical_url": settings.canonical_url,
-        "web_application_options": {"middlewares": list(MIDDLEWARES)},
+        "web_application_options": {
+            "middlewares": list(MIDDLEWARES),
+            "client_max_size": settings.max_body_bytes,  # larger bodies get 413
+        },
         "logging_config": logging_config(settings.log_level),
     }
 

@@ -40,6 +40,7 @@ from mode import Service
 from prometheus_client import Counter, Gauge, Histogram
 
 from streams.logs import get_logger
+from streams.resilience import Breakers
 from streams.settings import Settings
 from web.metrics import REGISTRY
 
@@ -63,11 +64,6 @@ FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT $1
 """
 MARK_PUBLISHED = """
 UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[]) AND published_at IS NULL
-"""
-BACKLOG = """
-SELECT count(*) AS rows,
-       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 AS oldest_s
-FROM outbox WHERE published_at IS NULL
 """
 REAP_PUBLISHED = """
 DELETE FROM outbox WHERE id IN (
@@ -96,14 +92,6 @@ PUBLISH_DURATION = Histogram(
 )
 LEADER = Gauge(
     "atlas_relay_leader", "1 while this process's outbox relay leads, else 0.", registry=REGISTRY
-)
-BACKLOG_ROWS = Gauge(
-    "atlas_outbox_backlog", "Unpublished outbox rows (set by the leading relay).", registry=REGISTRY
-)
-OLDEST_AGE = Gauge(
-    "atlas_outbox_oldest_unpublished_age_seconds",
-    "Age of the oldest unpublished outbox row (set by the leading relay).",
-    registry=REGISTRY,
 )
 REAPED = Counter(
     "atlas_outbox_reaped",
@@ -223,10 +211,12 @@ class OutboxRelay(Service):
         linger_ms: int = 5,
         lock_id: int = RELAY_LOCK_ID,
         channel: str = CHANNEL,
+        breakers: Breakers | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.breakers = breakers or Breakers()
         self.batch = batch
         self.poll_s = poll_s
         self.publish_timeout_s = publish_timeout_s
@@ -266,6 +256,7 @@ class OutboxRelay(Service):
             try:
                 conn = await self._connect()
             except Exception as exc:
+                await self.breakers.observe("postgres", exc)
                 delay = self._pg_delays.next()
                 log.warning("relay cannot connect", error=_describe(exc), retry_in_s=delay)
                 await self.sleep(delay)
@@ -332,9 +323,6 @@ class OutboxRelay(Service):
             log.info("relay leadership acquired", **fields)
             return
         LEADER.dec()
-        # Only the leader keeps these current; a stale copy elsewhere would mislead.
-        BACKLOG_ROWS.set(0)
-        OLDEST_AGE.set(0)
         if self.should_stop:
             log.info("relay leadership released", **fields)
         else:
@@ -389,6 +377,7 @@ class OutboxRelay(Service):
             started = time.perf_counter()
             outcome = await self._publish(rows)
             PUBLISH_DURATION.observe(time.perf_counter() - started)
+            await self.breakers.observe("kafka", outcome.kafka_error)
             if outcome.delivered:
                 await conn.execute(MARK_PUBLISHED, outcome.delivered, timeout=timeout)
                 PUBLISHED.inc(len(outcome.delivered))
@@ -406,7 +395,6 @@ class OutboxRelay(Service):
                 await self._drop_producer(flush_s=0)
             if not more_to_drain(len(rows), len(outcome.delivered), self.batch):
                 break
-        await self._refresh_backlog(conn)
         return kafka_ok
 
     async def _publish(self, rows: Sequence[Row]) -> PublishOutcome:
@@ -488,12 +476,6 @@ class OutboxRelay(Service):
             log.warning("relay producer stop failed", error=_describe(exc))
 
     # -- gauges and the reaper ----------------------------------------------------------------
-
-    async def _refresh_backlog(self, conn: asyncpg.Connection) -> None:
-        row = await conn.fetchrow(BACKLOG, timeout=self.settings.postgres_timeout_s)
-        if row is not None:
-            BACKLOG_ROWS.set(row["rows"])
-            OLDEST_AGE.set(max(0.0, row["oldest_s"]))
 
     async def _reap(self, conn: asyncpg.Connection) -> None:
         # Housekeeping: a failed query is logged and retried next time, unless the connection

@@ -16,6 +16,7 @@ from mode import Service
 from redis.asyncio import Redis
 
 from streams.logs import get_logger
+from streams.resilience import Breakers
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -31,9 +32,11 @@ class Resources(Service):
         self.redis: Redis | None = None
         self.kafka: AIOKafkaClient | None = None
         self._kafka_bootstrapped = False
+        self.breakers = Breakers(settings.breaker_threshold, settings.breaker_reset_s)
 
     async def on_start(self) -> None:
         s = self.settings
+        await self.breakers.start()
         self.pg = await asyncpg.create_pool(
             dsn=s.database_url.get_secret_value(),
             min_size=s.postgres_pool_min,

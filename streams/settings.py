@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_limit_burst: int = Field(default=400, ge=1)
 
+    # Backpressure on the write path: a request's whole budget (problem+json 504 past it), the
+    # largest body accepted (413 past it), and the unpublished-outbox size past which writes
+    # are refused with 503 until the relay catches up (checked every `outbox_backlog_poll_s`).
+    request_deadline_s: float = Field(default=5.0, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    outbox_backlog_limit: int = Field(default=50_000, ge=1)
+    outbox_backlog_poll_s: float = Field(default=1.0, gt=0)
+
+    # Resilience (streams/resilience.py): a dependency's breaker opens after `breaker_threshold`
+    # transient failures in a row and lets one call through after `breaker_reset_s`; transient
+    # failures of a write are retried at most `retry_max_tries` times within `retry_max_s`.
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=5.0, gt=0)
+    retry_max_tries: int = Field(default=3, ge=1)
+    retry_max_s: float = Field(default=1.0, gt=0)
+
     # How long an Idempotency-Key is remembered (its response replayed) before it is reaped.
     idempotency_retention_s: float = Field(default=24 * 3600.0, gt=0)
 

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -29,6 +30,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from streams.logs import get_logger
+from streams.resilience import BreakerOpen, Breakers
 from tables.errors import AtlasError, DependencyUnavailable
 from web.middleware import route_template
 from web.problems import problem_response
@@ -198,8 +200,10 @@ class ClientStore:
         ttl_s: float = 30.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        breakers: Breakers | None = None,
     ) -> None:
         self._pool = pool
+        self._breakers = breakers or Breakers()
         self._timeout_s = timeout_s
         self._ttl_s = ttl_s
         self._max_entries = max_entries
@@ -230,9 +234,15 @@ class ClientStore:
         pool = self._pool()
         if pool is None:
             raise DependencyUnavailable("PostgreSQL pool not started")
-        try:
+
+        async def query() -> Any:
             async with asyncio.timeout(self._timeout_s):
-                row = await pool.fetchrow(_LOOKUP, digest)
+                return await pool.fetchrow(_LOOKUP, digest)
+
+        try:
+            row = await self._breakers.call("postgres", query)
+        except BreakerOpen as exc:
+            raise DependencyUnavailable(str(exc)) from exc
         except _DATABASE_FAILURES as exc:
             raise DependencyUnavailable(f"client lookup failed: {type(exc).__name__}") from exc
         if row is None:

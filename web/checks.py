@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+from streams.backlog import OutboxBacklog
+from streams.resilience import Dependency
 from streams.resources import Resources
 from streams.settings import Settings
 from tables.errors import DependencyUnavailable, MigrationError
@@ -12,13 +15,25 @@ from web.health import Check
 
 
 def dependency_checks(
-    resources: Resources, settings: Settings, tables_ready: Callable[[], bool]
+    resources: Resources,
+    settings: Settings,
+    tables_ready: Callable[[], bool],
+    backlog: OutboxBacklog | None = None,
 ) -> list[Check]:
+    # The probes go through the dependency's breaker: an open breaker answers at once, and once
+    # it half-opens the probe is the trial call that closes it again.
+    breakers = resources.breakers
+
     async def postgres() -> None:
-        if resources.pg is None:
+        pool = resources.pg
+        if pool is None:
             raise DependencyUnavailable("pool not started")
-        async with resources.pg.acquire(timeout=settings.postgres_timeout_s) as conn:
-            await conn.fetchval("SELECT 1")
+
+        async def select_one() -> None:
+            async with pool.acquire(timeout=settings.postgres_timeout_s) as conn:
+                await conn.fetchval("SELECT 1")
+
+        await breakers.call("postgres", select_one)
 
     async def migrations() -> int:
         if resources.pg is None:
@@ -31,19 +46,62 @@ def dependency_checks(
         return len(migrate.discover(settings.migrations_dir))
 
     async def redis() -> None:
-        if resources.redis is None:
+        client = resources.redis
+        if client is None:
             raise DependencyUnavailable("client not started")
-        await resources.redis.ping()  # type: ignore[misc]  # typed as bool | Awaitable[bool]
+
+        async def ping() -> None:
+            await asyncio.wait_for(client.ping(), settings.redis_timeout_s)  # type: ignore[arg-type]
+
+        await breakers.call("redis", ping)
 
     async def kafka() -> None:
-        await resources.kafka_metadata()
+        await breakers.call("kafka", resources.kafka_metadata)
 
     async def recovery() -> int:
         if not tables_ready():
             raise DependencyUnavailable("table recovery in progress")
         return 1
 
+    def breaker(dependency: Dependency) -> Check:
+        # An open breaker degrades (`warn`): the dependency's own probe says whether it is down.
+        async def probe() -> int:
+            state = resources.breakers.state(dependency)
+            if state != "closed":
+                raise DependencyUnavailable(f"circuit breaker {state}")
+            return 0
+
+        return Check(
+            f"{dependency}:circuitBreaker",
+            "component",
+            probe,
+            1.0,
+            observed_unit="open",
+            timed=False,
+            failure_status="warn",
+        )
+
+    async def outbox_backlog() -> int:
+        if backlog is None or backlog.measured_at is None:
+            raise DependencyUnavailable("not measured yet")
+        if backlog.over_limit:
+            raise DependencyUnavailable(
+                f"{backlog.rows} unpublished rows, limit {settings.outbox_backlog_limit}: "
+                "writes are refused"
+            )
+        return backlog.rows
+
     return [
+        *(breaker(d) for d in ("postgres", "redis", "kafka")),
+        Check(
+            "outbox:backlog",
+            "datastore",
+            outbox_backlog,
+            1.0,
+            observed_unit="rows",
+            timed=False,
+            failure_status="warn",
+        ),
         Check("postgres:responseTime", "datastore", postgres, settings.postgres_timeout_s),
         Check(
             "postgres:migrations",

@@ -31,6 +31,12 @@ HTTP_DURATION = Histogram(
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+DEADLINE_EXCEEDED = Counter(
+    "atlas_http_deadline_exceeded",
+    "API requests cut off by the per-request deadline (answered 504), by route template.",
+    ["route"],
+    registry=REGISTRY,
+)
 
 
 def exposition() -> tuple[bytes, str]:

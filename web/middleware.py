@@ -7,16 +7,18 @@ exception into a response.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from streams.logs import get_logger
-from web.metrics import HTTP_DURATION, HTTP_REQUESTS
+from web.metrics import DEADLINE_EXCEEDED, HTTP_DURATION, HTTP_REQUESTS
 from web.problems import problem_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -97,6 +99,33 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             detail="The server failed to handle this request.",
             instance=request.path,
         )
+
+
+def deadline_middleware(deadline_s: float, prefix: str = "/v1/") -> Any:
+    """Bound every API request to `deadline_s`: past it, a problem+json 504.
+
+    The work in flight is cancelled; a write cancelled after its commit is still durable, and
+    a retry with the same Idempotency-Key gets its response back.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(prefix):
+            return await handler(request)
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await handler(request)
+        except TimeoutError:
+            DEADLINE_EXCEEDED.labels(route_template(request)).inc()
+            return problem_response(
+                504,
+                slug="deadline-exceeded",
+                detail=f"the request did not complete within {deadline_s:g}s; "
+                "retry with the same Idempotency-Key",
+                instance=request.path,
+            )
+
+    return middleware
 
 
 MIDDLEWARES = [correlation_middleware, observe_middleware, problem_middleware]

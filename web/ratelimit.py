@@ -9,6 +9,7 @@ in memory) and keeps taking writes, and health reports Redis as `warn`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
+from streams.resilience import Breakers
 from web.metrics import REGISTRY
 from web.problems import problem_response
 
@@ -102,27 +104,42 @@ class LocalLimiter:
 
 
 class RateLimiter:
+    """GCRA in Redis through Redis's circuit breaker; the local limiter while it is open."""
+
     def __init__(
-        self, redis: Callable[[], Any], rate: Rate, timeout_s: float, prefix: str = "atlas:rl:"
+        self,
+        redis: Callable[[], Any],
+        rate: Rate,
+        timeout_s: float,
+        breakers: Breakers | None = None,
+        prefix: str = "atlas:rl:",
     ) -> None:
         self._redis, self.rate, self.timeout_s, self.prefix = redis, rate, timeout_s, prefix
+        self.breakers = breakers or Breakers()
         self.local = LocalLimiter(rate)
         self.redis_ok = True
 
     async def check(self, client: str) -> Decision:
         redis = self._redis()
         if redis is not None:
-            try:
-                allowed, wait_ms, remaining = await redis.eval(
-                    GCRA_LUA,
-                    1,
-                    self.prefix + client,
-                    self.rate.interval_ms,
-                    self.rate.tolerance_ms,
+
+            async def in_redis() -> Any:
+                return await asyncio.wait_for(
+                    redis.eval(
+                        GCRA_LUA,
+                        1,
+                        self.prefix + client,
+                        self.rate.interval_ms,
+                        self.rate.tolerance_ms,
+                    ),
+                    self.timeout_s,
                 )
+
+            try:
+                allowed, wait_ms, remaining = await self.breakers.call("redis", in_redis)
                 self.redis_ok = True
                 return Decision(bool(allowed), float(wait_ms) / 1000.0, int(remaining), "redis")
-            except Exception:  # Redis down or slow: the client timeouts bound the wait
+            except Exception:  # down, slow or its breaker open: decide here instead
                 self.redis_ok = False
         LIMITER_FALLBACKS.inc()
         return self.local.check(client)

@@ -9,6 +9,7 @@ one chain.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from streams.resilience import BreakerOpen, Breakers
 from streams.settings import Settings
 from streams.topics import COMMANDS
 from streams.wire import encode_command
@@ -67,10 +69,14 @@ class WriteViews:
         settings: Settings,
         pool: Callable[[], asyncpg.Pool | None],
         client_of: Callable[[web.Request], uuid.UUID | None],
+        breakers: Breakers | None = None,
+        shedding: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self._pool = pool
         self._client_of = client_of
+        self.breakers = breakers or Breakers()
+        self._shedding = shedding  # True while the outbox backlog is over its limit
         self.commands_topic = settings.topic_prefix + COMMANDS
 
     def install(self, router: web.UrlDispatcher) -> None:
@@ -173,17 +179,41 @@ class WriteViews:
         pool = self._pool()
         if client_id is None or pool is None:
             return _problem(request, 503, "unavailable", "the write path is not ready")
+        if self._shedding():
+            return _problem(
+                request,
+                503,
+                "outbox-backlog",
+                "too many accepted writes are still waiting to be published; retry later",
+                headers={"Retry-After": "5"},
+            )
         new_effect = await effect(body, request)
-        try:
-            result = await idempotency.run_once(
+        s = self.settings
+
+        async def write() -> idempotency.Result:
+            return await idempotency.run_once(
                 pool,
                 client_id=client_id,
                 key=key,
                 request_fingerprint=idempotency.fingerprint(request.method, request.path, parsed),
-                retention_s=self.settings.idempotency_retention_s,
-                timeout_s=self.settings.postgres_timeout_s,
+                retention_s=s.idempotency_retention_s,
+                timeout_s=s.postgres_timeout_s,
                 busy_wait_s=0.2,
                 effect=lambda: new_effect,
+            )
+
+        try:
+            # A transient failure rolled the whole transaction back: retrying it is safe.
+            result = await self.breakers.retrying(
+                "postgres", write, max_tries=s.retry_max_tries, max_time_s=s.retry_max_s
+            )
+        except BreakerOpen as exc:
+            return _problem(
+                request,
+                503,
+                "unavailable",
+                "the write store is failing; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
             )
         except idempotency.KeyReusedForAnotherRequest:
             return _problem(

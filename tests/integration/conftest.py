@@ -99,14 +99,20 @@ def api_key(database_url: str) -> str:
 def base_env(
     stack: Stack, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
-    """Environment of a worker under test: the stack, the test database, its own group id."""
+    """Environment of a worker under test: the stack, the test database, its own group id.
+
+    Its own topics too (a prefix per session): a developer's stack may hold the unprefixed
+    topics of `make run` or a benchmark, with another partition count.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    session = uuid.uuid4().hex[:8]
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap,
         DATABASE_URL=database_url,
         REDIS_URL=stack.redis_url,
         ATLAS_ENVIRONMENT="test",
-        ATLAS_APP_NAME=f"atlas-test-{uuid.uuid4().hex[:8]}",
+        ATLAS_APP_NAME=f"atlas-test-{session}",
+        ATLAS_TOPIC_PREFIX=f"t{session}.",
         ATLAS_LOG_LEVEL="INFO",
         ATLAS_KAFKA_SESSION_TIMEOUT_S="6",
         ATLAS_KAFKA_HEARTBEAT_INTERVAL_S="1",

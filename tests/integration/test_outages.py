@@ -15,14 +15,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.integration.load import WriteLoad
 from tests.integration.processes import (
-    Response,
     WorkerProcess,
     free_port,
     run_service_script,
     wait_until,
 )
 from web import migrate
+from web.auth import create_client
 
 pytestmark = pytest.mark.integration
 
@@ -85,33 +86,52 @@ def failed_checks(doc: dict[str, object]) -> set[str]:
     return {key for key, results in checks.items() if results[0]["status"] == "fail"}
 
 
-def test_a_redis_outage_degrades_health_and_writes_go_on(
-    spawn_worker: Spawn, own_redis: tuple[OwnService, str]
+def test_a_redis_outage_under_write_load_degrades_health_and_writes_go_on(
+    spawn_worker: Spawn, own_redis: tuple[OwnService, str], api_key: str
 ) -> None:
     redis, url = own_redis
-    worker = spawn_worker(REDIS_URL=url)
+    worker = spawn_worker(REDIS_URL=url, ATLAS_BREAKER_RESET_S="2")
     worker.wait_ready()
 
-    redis.stop()
-    health = wait_until(
-        lambda: (h := worker.get("/health")).json()["status"] == "warn" and h,
-        timeout=10,
-        what="health warn",
-    )
-    assert health.status == 200
-    check = health.json()["checks"]["redis:responseTime"][0]
-    assert check["status"] == "warn" and check["output"]
-    assert readiness(worker)[0] == 200  # still ready: it keeps taking writes
-    # The rate limiter falls back to a per-worker limit; requests are served, not refused.
-    for _ in range(5):
-        r = worker.get("/v1/accounts/nobody-here")
-        assert r.status == 404, r.body
-    assert metric(worker, "atlas_rate_limiter_fallbacks_total") >= 5
+    with WriteLoad(worker, api_key) as load:
+        wait_until(lambda: len(load.accepted()) >= 10, timeout=20, what="load under way")
+        redis.stop()
+        stopped_at = time.monotonic()
+        health = wait_until(
+            lambda: (h := worker.get("/health")).json()["status"] == "warn" and h,
+            timeout=10,
+            what="health warn",
+        )
+        assert health.status == 200
+        checks = health.json()["checks"]
+        assert checks["redis:responseTime"][0]["status"] == "warn"
+        assert checks["redis:responseTime"][0]["output"]
+        assert readiness(worker)[0] == 200  # still ready: it keeps taking writes
+        # The breaker opens: requests stop waiting on Redis and the local limiter decides.
+        wait_until(
+            lambda: (
+                worker.get("/health").json()["checks"]["redis:circuitBreaker"][0]["status"]
+                == "warn"
+            ),
+            timeout=10,
+            what="redis breaker open in health",
+        )
+        assert metric(worker, 'atlas_circuit_breaker_state{dependency="redis"}') == 2
+        during = len(load.answers)
+        wait_until(lambda: len(load.answers) >= during + 20, timeout=20, what="writes go on")
+        assert metric(worker, "atlas_rate_limiter_fallbacks_total") >= 20
 
-    redis.start()
-    wait_until(
-        lambda: worker.get("/health").json()["status"] == "pass", timeout=15, what="health pass"
-    )
+        redis.start()
+        wait_until(
+            lambda: worker.get("/health").json()["status"] == "pass", timeout=20, what="pass again"
+        )
+        assert metric(worker, 'atlas_circuit_breaker_state{dependency="redis"}') == 0
+        back = time.monotonic()
+        wait_until(lambda: len(load.since(back)) >= 10, timeout=20, what="load after recovery")
+
+    outage = load.since(stopped_at)
+    assert outage, "no request was made during the outage"
+    assert {a.status for a in load.answers} == {202}, sorted({a.status for a in load.answers})
     assert worker.proc is not None and worker.proc.poll() is None, "the worker must not restart"
 
 
@@ -143,12 +163,9 @@ def test_postgres_outage_turns_health_fail_within_10s_and_recovers(
     assert worker.proc is not None and worker.proc.poll() is None, "the worker must not restart"
 
 
-def test_writes_get_503_while_postgres_is_down_and_202_when_it_is_back(
+def test_writes_under_load_get_503_while_postgres_is_down_and_nothing_accepted_is_lost(
     spawn_worker: Spawn, own_postgres: tuple[OwnService, str]
 ) -> None:
-    from tests.integration.test_writes import post
-    from web.auth import create_client
-
     postgres, url = own_postgres
 
     async def make_key() -> str:
@@ -159,21 +176,73 @@ def test_writes_get_503_while_postgres_is_down_and_202_when_it_is_back(
             await conn.close()
 
     key = asyncio.run(make_key())
-    worker = spawn_worker(DATABASE_URL=url)
+    deadline_s = 3.0
+    worker = spawn_worker(
+        DATABASE_URL=url, ATLAS_REQUEST_DEADLINE_S=str(deadline_s), ATLAS_BREAKER_RESET_S="2"
+    )
     worker.api_key = key
     worker.wait_ready()
 
-    def open_account(idem: str) -> Response:
-        return post(worker, "/v1/accounts", {"owner_email": "o@x.io", "currency": "EUR"}, key, idem)
+    with WriteLoad(worker, key) as load:
+        wait_until(lambda: len(load.accepted()) >= 10, timeout=20, what="load under way")
+        postgres.stop()
+        stopped_at = time.monotonic()
+        refused = wait_until(
+            lambda: [a for a in load.since(stopped_at) if a.status == 503][:5],
+            timeout=15,
+            what="503s",
+        )
+        first = refused[0].response
+        assert first is not None and first.headers["Retry-After"]
+        assert first.json()["type"] == "/problems/unavailable"
+        # The breaker opens and the write path stops waiting on a dead database.
+        wait_until(
+            lambda: metric(worker, 'atlas_circuit_breaker_state{dependency="postgres"}') == 2,
+            timeout=15,
+            what="postgres breaker open",
+        )
+        breaker = worker.get("/health").json()["checks"]["postgres:circuitBreaker"][0]
+        assert breaker["status"] == "warn", breaker
+        outage_end = time.monotonic() + 3
+        wait_until(lambda: time.monotonic() > outage_end, timeout=5, what="outage under load")
 
-    assert open_account("before").status == 202  # also caches the client's key
-    postgres.stop()
-    started = time.monotonic()
-    down = open_account("during")
-    assert down.status == 503, down.body
-    assert time.monotonic() - started < 5  # refused within the deadline, not hung
-    assert down.headers["Retry-After"]
-    assert down.json()["type"] == "/problems/unavailable"
+        postgres.start()
+        restarted_at = time.monotonic()
+        wait_until(
+            lambda: [a for a in load.since(restarted_at) if a.status == 202][:5],
+            timeout=30,
+            what="202 again",
+        )
 
-    postgres.start()
-    wait_until(lambda: open_account("during").status == 202, timeout=20, what="202 again")
+    during = [a for a in load.answers if stopped_at <= a.started_at < restarted_at]
+    assert during, "no request was made during the outage"
+    assert {a.status for a in during} <= {202, 503, 504}, sorted({a.status for a in during})
+    assert 503 in {a.status for a in during}
+    # No hung request: every answer came within the deadline (plus scheduling slack).
+    slowest = max(a.elapsed_s for a in load.answers)
+    assert slowest < deadline_s + 1.0, slowest
+    assert {a.status for a in load.answers} <= {202, 503, 504}
+
+    # Nothing that got 202 is lost: each has its completed key and its outbox row.
+    accepted = load.accepted()
+
+    async def stored() -> tuple[int, set[str]]:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            keys = await conn.fetchval(
+                "SELECT count(*) FROM idempotency_keys"
+                " WHERE state = 'completed' AND idempotency_key = ANY($1::text[])",
+                [a.idempotency_key for a in accepted],
+            )
+            rows = await conn.fetch(
+                "SELECT aggregate_id FROM outbox WHERE aggregate_id = ANY($1::text[])",
+                [a.account_id for a in accepted],
+            )
+            return keys, {r["aggregate_id"] for r in rows}
+        finally:
+            await conn.close()
+
+    keys, outboxed = asyncio.run(stored())
+    assert keys == len(accepted)
+    assert outboxed == {a.account_id for a in accepted}
+    assert worker.proc is not None and worker.proc.poll() is None, "the worker must not restart"

@@ -1,5 +1,8 @@
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -83,3 +86,26 @@ async def test_unhandled_errors_are_500_problem_without_internals(client: TestCl
     assert body["type"] == "/problems/internal-error"
     assert "hunter2" not in await r.text()
     assert r.headers["X-Correlation-ID"] == "c-1"
+
+
+async def test_deadline_cuts_off_slow_api_requests_with_a_problem() -> None:
+    from web.middleware import deadline_middleware
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1)
+        return web.json_response({})
+
+    app = web.Application(middlewares=[*MIDDLEWARES, deadline_middleware(0.1)])
+    app.router.add_get("/v1/slow", slow)
+    app.router.add_get("/health/slow", slow)
+    async with TestClient(TestServer(app)) as c:
+        before = sample("atlas_http_deadline_exceeded_total", route="/v1/slow")
+        started = time.monotonic()
+        r = await c.get("/v1/slow")
+        assert time.monotonic() - started < 2
+        assert r.status == 504
+        assert r.content_type == "application/problem+json"
+        assert (await r.json())["type"].endswith("deadline-exceeded")
+        assert sample("atlas_http_deadline_exceeded_total", route="/v1/slow") == before + 1
+        with pytest.raises(asyncio.TimeoutError):  # only the API is bounded
+            await c.get("/health/slow", timeout=aiohttp.ClientTimeout(total=0.3))
