@@ -161,7 +161,15 @@ class WriteViews:
             )
         if request.content_type != "application/json" and request.can_read_body:
             return _problem(request, 415, "unsupported-media-type", "send application/json")
-        raw = await request.read() if request.can_read_body else b"{}"
+        try:
+            raw = await request.read() if request.can_read_body else b"{}"
+        except web.HTTPRequestEntityTooLarge:
+            return _problem(
+                request,
+                413,
+                "body-too-large",
+                f"the body is larger than {self.settings.max_body_bytes} bytes",
+            )
         try:
             parsed = orjson.loads(raw or b"{}")
             body = model.model_validate(parsed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from streams.relay import RELAY_LOCK_ID
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
 from web.auth import create_client
 
@@ -146,3 +148,115 @@ def test_a_client_over_its_rate_gets_429(spawn_worker: Spawn, database_url: str)
     assert refused.json()["type"] == "/problems/rate-limited"
     assert int(refused.headers["Retry-After"]) >= 1
     assert answers[0].headers["RateLimit-Limit"] == "3"
+
+
+async def _fresh_client(url: str) -> str:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return (await create_client(conn, f"c-{uuid.uuid4().hex[:8]}"))[1]
+    finally:
+        await conn.close()
+
+
+def test_oversized_bodies_get_413_and_slow_writes_504_then_a_retry_succeeds(
+    spawn_worker: Spawn, make_database: Callable[[bool], str]
+) -> None:
+    url = make_database(True)
+    key = asyncio.run(_fresh_client(url))
+    worker = spawn_worker(
+        DATABASE_URL=url,
+        ATLAS_MAX_BODY_BYTES="2048",
+        ATLAS_REQUEST_DEADLINE_S="1",
+        ATLAS_POSTGRES_TIMEOUT_S="5",
+    )
+    worker.wait_ready()
+    body = {"owner_email": "slow@example.com", "currency": "EUR", "account_id": "slow-1"}
+    big = {**body, "owner_email": "x" * 4000}
+    problem(post(worker, "/v1/accounts", big, key, "big"), 413, "body-too-large")
+
+    async def slow_outbox(on: bool) -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            if on:
+                await conn.execute(
+                    """
+                    CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS
+                    $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$;
+                    CREATE TRIGGER slow BEFORE INSERT ON outbox
+                    FOR EACH ROW EXECUTE FUNCTION slow_insert();
+                    """
+                )
+            else:
+                await conn.execute("DROP TRIGGER slow ON outbox")
+        finally:
+            await conn.close()
+
+    asyncio.run(slow_outbox(True))
+    started = time.monotonic()
+    r = post(worker, "/v1/accounts", body, key, "slow-key")
+    assert time.monotonic() - started < 2.5  # cut off at the deadline, not after the insert
+    problem(r, 504, "deadline-exceeded")
+
+    # The cut-off transaction rolled back: the same key is a new request, accepted once.
+    asyncio.run(slow_outbox(False))
+    again = post(worker, "/v1/accounts", body, key, "slow-key")
+    assert again.status == 202, again.body
+    assert "Idempotent-Replayed" not in again.headers
+    assert asyncio.run(_count(url, "SELECT count(*) FROM outbox")) == 1
+
+
+async def _count(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
+    spawn_worker: Spawn, make_database: Callable[[bool], str]
+) -> None:
+    url = make_database(True)
+    key = asyncio.run(_fresh_client(url))
+
+    async def hold_relay_lock() -> asyncpg.Connection:
+        # While the test holds the relay's lock, no relay leads: nothing is published.
+        conn = await asyncpg.connect(url, timeout=10)
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
+        return conn
+
+    loop = asyncio.new_event_loop()
+    holder = loop.run_until_complete(hold_relay_lock())
+    try:
+        worker = spawn_worker(
+            DATABASE_URL=url, ATLAS_OUTBOX_BACKLOG_LIMIT="3", ATLAS_OUTBOX_BACKLOG_POLL_S="0.2"
+        )
+        worker.api_key = key
+        worker.wait_ready()
+
+        def open_account(i: int) -> Response:
+            body = {"owner_email": f"b{i}@example.com", "currency": "EUR"}
+            return post(worker, "/v1/accounts", body, key, f"backlog-{i}")
+
+        assert [open_account(i).status for i in range(3)] == [202, 202, 202]
+        refused = wait_until(
+            lambda: (r := open_account(3)).status == 503 and r, timeout=10, what="503"
+        )
+        problem(refused, 503, "outbox-backlog")
+        assert int(refused.headers["Retry-After"]) >= 1
+        check = worker.get("/health").json()["checks"]["outbox:backlog"][0]
+        assert check["status"] == "warn" and "limit 3" in check["output"], check
+        # Shedding starts at the first poll past the limit: a write may slip in before it.
+        gauge = [
+            line
+            for line in worker.get("/metrics").body.decode().splitlines()
+            if line.startswith("atlas_outbox_backlog ")
+        ]
+        assert gauge and 3 <= float(gauge[0].split()[1]) <= 4, gauge
+    finally:
+        loop.run_until_complete(holder.close())
+        loop.close()
+
+    # The relay leads again, drains the outbox, and writes are taken again.
+    wait_until(lambda: open_account(3).status == 202, timeout=20, what="202 after the drain")
+    assert worker.get("/health").json()["checks"]["outbox:backlog"][0]["status"] == "pass"
