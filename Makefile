@@ -12,7 +12,7 @@ STACK := infra/stack.sh
 
 .PHONY: help run worker test test-unit test-integration test-cov lint fmt type check \
         migrate migration migration-history db-reset dev-up dev-down dev-status dev-logs \
-        system-deps kafka-jars venv clean bench-streams
+        system-deps kafka-jars venv clean bench-streams bench-http
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,10 @@ test-cov: venv dev-up ## Every tier with a coverage report
 bench-streams: venv dev-up ## Payments throughput: Atlas vs raw aiokafka vs Quix Streams (ARGS="--events 20000")
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench.bench_streams $(ARGS)
+
+bench-http: venv dev-up ## HTTP writes under wrk: Atlas vs bare aiohttp vs FastAPI (ARGS="--duration 5")
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m tests.bench.bench_http $(ARGS)
 
 lint: venv ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages Atlas's stack and tests use, when missing.
 # PostgreSQL and Redis are the services; prometheus brings promtool; kcat is a non-Python
-# Kafka client used to test the payment contract. As non-root, say what is missing and stop.
+# Kafka client used to test the payment contract; wrk is the HTTP benchmark's load generator.
+# As non-root, say what is missing and stop.
 set -euo pipefail
 
 declare -A need=(
@@ -10,6 +11,7 @@ declare -A need=(
   [redis-tools]="redis-cli"
   [prometheus]="promtool"
   [kcat]="kcat"
+  [wrk]="wrk"
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/"$1" >/dev/null 2>&1; }
