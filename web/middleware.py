@@ -91,6 +91,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             instance=request.path,
             headers=headers or None,
         )
+    except ConnectionResetError:
+        # The client went away mid-request (say, while its body was read): nobody to answer.
+        log.info("client disconnected", route=route_template(request))
+        return web.Response(status=400)
     except Exception:
         log.exception("unhandled error", route=route_template(request))
         return problem_response(

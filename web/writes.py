@@ -77,6 +77,13 @@ class WriteViews:
         self._client_of = client_of
         self.breakers = breakers or Breakers()
         self._shedding = shedding  # True while the outbox backlog is over its limit
+        # Concurrent requests share transactions; each is answered after its own commit.
+        self.group = idempotency.GroupCommit(
+            pool,
+            retention_s=settings.idempotency_retention_s,
+            timeout_s=settings.postgres_timeout_s,
+            busy_wait_s=0.2,
+        )
         self.commands_topic = settings.topic_prefix + COMMANDS
 
     def install(self, router: web.UrlDispatcher) -> None:
@@ -198,17 +205,15 @@ class WriteViews:
         new_effect = await effect(body, request)
         s = self.settings
 
+        pending = idempotency.Pending(
+            client_id,
+            key,
+            idempotency.fingerprint(request.method, request.path, parsed),
+            new_effect,
+        )
+
         async def write() -> idempotency.Result:
-            return await idempotency.run_once(
-                pool,
-                client_id=client_id,
-                key=key,
-                request_fingerprint=idempotency.fingerprint(request.method, request.path, parsed),
-                retention_s=s.idempotency_retention_s,
-                timeout_s=s.postgres_timeout_s,
-                busy_wait_s=0.2,
-                effect=lambda: new_effect,
-            )
+            return await self.group.submit(pending)
 
         try:
             # A transient failure rolled the whole transaction back: retrying it is safe.
