@@ -32,6 +32,7 @@ from tables.store import define_tables
 from web import server
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
+from web.docs import install_docs
 from web.middleware import MIDDLEWARES, deadline_middleware
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
@@ -125,6 +126,7 @@ class AtlasApp(faust.App):
             breakers=self.resources.breakers,
             shedding=lambda: self.backlog.over_limit,
         ).install(web.web_app.router)
+        install_docs(web.web_app.router, VERSION)
 
     async def on_started(self) -> None:
         await super().on_started()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationError
 
 from streams.resilience import BreakerOpen, Breakers
 from streams.settings import Settings
@@ -33,34 +33,10 @@ from tables.messages import (
 from web import idempotency
 from web.idempotency import Effect, OutboxRow
 from web.problems import problem_response
+from web.schemas import EmptyBody, OpenAccountBody, TransferBody
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 255
-
-AccountId = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OpenAccountBody(_Body):
-    owner_email: Annotated[StrictStr, Field(min_length=3, max_length=254)]
-    currency: Currency
-    account_id: AccountId | None = None
-
-
-class TransferBody(_Body):
-    from_account: AccountId
-    to_account: AccountId
-    amount: Annotated[StrictInt, Field(gt=0)]
-    currency: Currency
-    memo: Annotated[StrictStr, Field(max_length=140)] | None = None
-
-
-class EmptyBody(_Body):
-    pass
 
 
 class WriteViews:
