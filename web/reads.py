@@ -8,6 +8,7 @@ from its local table. `?wait=N` on a transfer long-polls, bounded, until its sta
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -75,6 +76,8 @@ class TableReads:
         transfer_id = request.match_info["transfer_id"]
         try:
             wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
+            if math.isnan(wait):  # would never reach its deadline: an endless poll
+                raise ValueError(wait)
         except ValueError:
             return problem_response(
                 400,

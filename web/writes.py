@@ -33,7 +33,7 @@ from tables.messages import (
 from web import idempotency
 from web.idempotency import Effect, OutboxRow
 from web.problems import problem_response
-from web.schemas import EmptyBody, OpenAccountBody, TransferBody
+from web.schemas import EmptyBody, OpenAccountBody, TransferBody, is_account_id
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 255
@@ -106,6 +106,8 @@ class WriteViews:
         self, request: web.Request, status: AccountStatus
     ) -> web.StreamResponse:
         account_id = request.match_info["account_id"]
+        if not is_account_id(account_id):  # no account has it; it must not reach a header
+            return _problem(request, 404, "account-not-found", f"no account {account_id!r}")
 
         async def effect(body: EmptyBody, _: web.Request) -> Effect:
             command = ChangeAccountStatus(str(uuid.uuid4()), account_id, status)
