@@ -105,8 +105,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
+def _long_poll_s(request: web.Request) -> float:
+    """A read's own `?wait=N` (at most 30 s) adds to its deadline; the view checks the value."""
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        return 0.0
+    return min(max(wait, 0.0), 30.0) if wait == wait else 0.0  # NaN waits nothing
+
+
 def deadline_middleware(deadline_s: float, prefix: str = "/v1/") -> Any:
-    """Bound every API request to `deadline_s`: past it, a problem+json 504.
+    """Bound every API request to `deadline_s` (plus its long-poll wait): past it, a 504.
 
     The work in flight is cancelled; a write cancelled after its commit is still durable, and
     a retry with the same Idempotency-Key gets its response back.
@@ -117,7 +126,7 @@ def deadline_middleware(deadline_s: float, prefix: str = "/v1/") -> Any:
         if not request.path.startswith(prefix):
             return await handler(request)
         try:
-            async with asyncio.timeout(deadline_s):
+            async with asyncio.timeout(deadline_s + _long_poll_s(request)):
                 return await handler(request)
         except TimeoutError:
             DEADLINE_EXCEEDED.labels(route_template(request)).inc()

@@ -109,3 +109,18 @@ async def test_deadline_cuts_off_slow_api_requests_with_a_problem() -> None:
         assert sample("atlas_http_deadline_exceeded_total", route="/v1/slow") == before + 1
         with pytest.raises(asyncio.TimeoutError):  # only the API is bounded
             await c.get("/health/slow", timeout=aiohttp.ClientTimeout(total=0.3))
+
+
+async def test_a_long_poll_gets_its_wait_on_top_of_the_deadline() -> None:
+    from web.middleware import deadline_middleware
+
+    async def poll(request: web.Request) -> web.Response:
+        extra = float(request.query["extra"])
+        await asyncio.sleep(float(request.query.get("wait", "0")) + extra)
+        return web.json_response({"done": True})
+
+    app = web.Application(middlewares=[*MIDDLEWARES, deadline_middleware(0.2)])
+    app.router.add_get("/v1/poll", poll)
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/v1/poll?wait=0.5&extra=0.05")).status == 200
+        assert (await c.get("/v1/poll?wait=0.3&extra=0.6")).status == 504
