@@ -28,8 +28,9 @@ venv: $(STAMP) ## Create .venv and install Atlas with its dev dependencies
 system-deps: ## Install the Debian packages the stack and tests use (as root)
 	infra/system-deps.sh
 
-kafka-jars: ## Fetch the pinned Kafka broker jars from Maven Central
+kafka-jars: ## Fetch the pinned Kafka broker and tools (ConsumerGroupCommand) jars from Maven Central
 	infra/services/kafka.sh fetch
+	infra/services/kafka.sh fetch-tools
 
 dev-up: system-deps ## Start PostgreSQL, Redis and Kafka (reusing servers that already answer)
 	$(STACK) up

@@ -19,6 +19,7 @@ from mode import ServiceT
 from streams import kafka
 from streams.agents import install_agents
 from streams.backlog import OutboxBacklog
+from streams.lag import LagMonitor
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
 from streams.relay import OutboxRelay
@@ -34,6 +35,7 @@ from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
 from web.docs import install_docs
 from web.middleware import MIDDLEWARES, deadline_middleware
+from web.ops import install_lag
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
 from web.writes import WriteViews
@@ -63,6 +65,7 @@ class AtlasApp(faust.App):
             beacon=self.beacon,
         )
         self.backlog = OutboxBacklog(settings, self.resources, beacon=self.beacon)
+        self.lag_monitor = LagMonitor(settings, beacon=self.beacon)
         self.limiter = RateLimiter(
             lambda: self.resources.redis,
             Rate(settings.rate_limit_per_s, settings.rate_limit_burst),
@@ -99,6 +102,7 @@ class AtlasApp(faust.App):
             *super().on_init_dependencies(),
             self.resources,
             self.backlog,
+            self.lag_monitor,
             TopicDeclarer(self.topics_, beacon=self.beacon),
             self.relay,  # last: it stops first
         ]
@@ -110,7 +114,11 @@ class AtlasApp(faust.App):
             return
         web.web_app[_INSTALLED] = True
         checks = dependency_checks(
-            self.resources, self.settings, lambda: self.tables.actives_ready, self.backlog
+            self.resources,
+            self.settings,
+            lambda: self.tables.actives_ready,
+            self.backlog,
+            lag=self.lag_monitor,
         )
         # Innermost: refusals are still correlated, counted and rendered as problems; the
         # deadline bounds auth, the limiter and the view; the limiter needs auth's client.
@@ -127,6 +135,7 @@ class AtlasApp(faust.App):
             shedding=lambda: self.backlog.over_limit,
         ).install(web.web_app.router)
         install_docs(web.web_app.router, VERSION)
+        install_lag(web.web_app.router, self.lag_monitor)
 
     async def on_started(self) -> None:
         await super().on_started()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import asyncpg
 import click
+import orjson
 from faust.cli import AppCommand, argument, option
 
 from streams import operations
 from streams.app import app
+from streams.lag import LagTracker, OffsetsReader, source_topics
 from streams.operations import LedgerTopics
 from tables.errors import AtlasError
 from web import migrate as migrations
@@ -131,3 +135,54 @@ async def dlq(self: AppCommand, action: str, error_type: str | None) -> None:
     total = sum(replayed.values())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(replayed.items()))
     self.say(f"replayed {total} dead letters" + (f" ({detail})" if detail else ""))
+
+
+@app.command(
+    option("--group", default=None, help="Consumer group; default the worker's own."),
+    option(
+        "--topic", "topics", multiple=True, help="Topic to report (repeatable); default inputs."
+    ),
+    option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
+    option("--samples", type=int, default=3, help="Readings taken for the status (>= 1)."),
+    option("--interval", type=float, default=1.0, help="Seconds between readings."),
+)
+async def lag(
+    self: AppCommand,
+    group: str | None,
+    topics: tuple[str, ...],
+    as_json: bool,
+    samples: int,
+    interval: float,
+) -> None:
+    """Consumer lag per partition: committed and end offsets, lag, and Burrow status."""
+    s = app.settings
+    names = list(topics) or source_topics(s.topic_prefix)
+    reader = OffsetsReader(s.kafka_bootstrap_servers, s.kafka_timeout_s * 5)
+    tracker = LagTracker()
+    try:
+        for i in range(max(samples, 1)):
+            if i:
+                await asyncio.sleep(interval)
+            report = tracker.observe(
+                await reader.read(group or app.conf.id, names), time.monotonic()
+            )
+    finally:
+        await reader.stop()
+    if as_json:
+        self.say(orjson.dumps(report.as_json()).decode())
+        return
+    header = ["topic", "partition", "committed", "end", "lag", "lag s", "status"]
+    rows: list[list[Any]] = [
+        [
+            p.topic,
+            p.partition,
+            "-" if p.committed is None else p.committed,
+            p.end,
+            p.lag,
+            f"{p.lag_seconds:.1f}",
+            p.status,
+        ]
+        for p in report.partitions
+    ]
+    self.say(self.tabulate([header, *rows], headers=[]))
+    self.say(f"group {report.group}: {report.status}, lag {report.total}")

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     outbox_backlog_limit: int = Field(default=50_000, ge=1)
     outbox_backlog_poll_s: float = Field(default=1.0, gt=0)
+    # How often each worker reads its group's committed and end offsets (streams/lag.py).
+    lag_poll_s: float = Field(default=5.0, gt=0)
 
     # Resilience (streams/resilience.py): a dependency's breaker opens after `breaker_threshold`
     # transient failures in a row and lets one call through after `breaker_reset_s`; transient

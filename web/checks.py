@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import Callable
 
 from streams.backlog import OutboxBacklog
+from streams.lag import LagMonitor, Status
 from streams.resilience import Dependency
 from streams.resources import Resources
 from streams.settings import Settings
 from tables.errors import DependencyUnavailable, MigrationError
 from web import migrate
 from web.health import Check
+from web.health import Status as HealthStatus
 
 
 def dependency_checks(
@@ -19,6 +21,7 @@ def dependency_checks(
     settings: Settings,
     tables_ready: Callable[[], bool],
     backlog: OutboxBacklog | None = None,
+    lag: LagMonitor | None = None,
 ) -> list[Check]:
     # The probes go through the dependency's breaker: an open breaker answers at once, and once
     # it half-opens the probe is the trial call that closes it again.
@@ -91,8 +94,35 @@ def dependency_checks(
             )
         return backlog.rows
 
+    def consumer_lag(failing: set[Status], failure_status: HealthStatus) -> Check:
+        # Two entries under one key, one per severity: STOP fails, WARN and STALL degrade.
+        async def probe() -> int:
+            report = lag.report if lag is not None else None
+            if report is None:
+                return 0
+            bad = sorted({p.status for p in report.partitions} & failing)
+            if bad:
+                raise DependencyUnavailable(f"group {report.group}: {', '.join(bad)}")
+            return report.total
+
+        return Check(
+            "kafka:consumerLag",
+            "component",
+            probe,
+            1.0,
+            observed_unit="messages",
+            timed=False,
+            failure_status=failure_status,
+        )
+
+    lag_checks = (
+        [consumer_lag({Status.STOP}, "fail"), consumer_lag({Status.WARN, Status.STALL}, "warn")]
+        if lag is not None
+        else []
+    )
     return [
         *(breaker(d) for d in ("postgres", "redis", "kafka")),
+        *lag_checks,
         Check(
             "outbox:backlog",
             "datastore",
