@@ -12,6 +12,7 @@ declare -A need=(
   [prometheus]="promtool"
   [kcat]="kcat"
   [wrk]="wrk"
+  [chromium]="chromium"
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/"$1" >/dev/null 2>&1; }

@@ -36,6 +36,7 @@ from web.checks import dependency_checks
 from web.docs import install_docs
 from web.middleware import MIDDLEWARES, deadline_middleware
 from web.ops import install_lag
+from web.ops_page import install_ops_page
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
 from web.writes import WriteViews
@@ -136,6 +137,7 @@ class AtlasApp(faust.App):
         ).install(web.web_app.router)
         install_docs(web.web_app.router, VERSION)
         install_lag(web.web_app.router, self.lag_monitor)
+        install_ops_page(web.web_app.router, self)
 
     async def on_started(self) -> None:
         await super().on_started()
