@@ -29,6 +29,8 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams.metrics import MESSAGES_PRODUCED
+
 SCHEME = "atlas-kafka"
 
 
@@ -65,6 +67,7 @@ class SafeProducer(faust_aiokafka.Producer):
         *,
         transactional_id: str | None = None,
     ) -> Any:
+        MESSAGES_PRODUCED.labels(topic).inc()
         # Counted before the await: a record still being appended is already outstanding.
         outstanding: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._track(outstanding)

@@ -22,18 +22,31 @@ from streams import wire
 from streams.context import current_event
 from streams.kafka import partition_for
 from streams.logs import get_logger
-from streams.metrics import BATCH_DURATION, BATCH_SIZE, EVENTS
+from streams.metrics import (
+    ACCOUNTS_CLOSED,
+    ACCOUNTS_OPENED,
+    BATCH_DURATION,
+    BATCH_SIZE,
+    EVENTS,
+    MONEY_MOVED,
+    TRANSFERS,
+    count_consumed,
+)
 from streams.topics import Topics
-from tables.ledger import Account, Limits, archive_key, fold
+from tables.ledger import Account, BatchResult, Limits, archive_key, fold
 from tables.messages import (
     AccountMessage,
+    AccountStatus,
+    ChangeAccountStatus,
     CreditLeg,
     Effect,
+    OpenAccount,
     Payment,
     PaymentOutcome,
     Position,
     RefundLeg,
     TransferEvent,
+    TransferStatus,
 )
 from tables.store import LedgerTables
 
@@ -58,6 +71,7 @@ class LedgerProcessor:
 
     async def process(self, events: list[Any]) -> None:
         started = time.perf_counter()
+        count_consumed(events)
         by_account: dict[str, list[tuple[AccountMessage, Position, Any]]] = defaultdict(list)
         for event in events:
             message = event.message
@@ -117,6 +131,7 @@ class LedgerProcessor:
             EVENTS.labels(step.position.topic, step.decision.value).inc()
             for effect in step.effects:
                 self.send(effect)
+        count_business(result)
 
     def _record_activity(self, account_id: str, applied: list[Any]) -> None:
         payments = [s.msg for s in applied if isinstance(s.msg, Payment)]
@@ -183,3 +198,21 @@ class LedgerProcessor:
             key=message.key, value=message.value, partition=partition, headers=headers
         )
         EVENTS.labels(message.topic, "rerouted").inc()
+
+
+def count_business(result: BatchResult) -> None:
+    """Accounts opened and closed, money moved and transfers settled, from one account's batch."""
+    for step in result.applied:
+        match step.msg:
+            case OpenAccount():
+                ACCOUNTS_OPENED.inc()
+            case ChangeAccountStatus(status=AccountStatus.CLOSED):
+                ACCOUNTS_CLOSED.inc()
+            case Payment(currency=currency, kind=kind, amount=amount):
+                MONEY_MOVED.labels(currency, kind.value).inc(amount)
+    for step in result.decided:  # a replay re-emits its effects: not counted again
+        for effect in step.effects:
+            if isinstance(effect, TransferEvent) and effect.status.final:
+                TRANSFERS.labels(effect.status.value).inc()
+                if effect.status is TransferStatus.COMPLETED:
+                    MONEY_MOVED.labels(effect.currency, "transfer").inc(effect.amount)

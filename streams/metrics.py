@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 from web.metrics import REGISTRY
@@ -27,3 +30,38 @@ BATCH_SIZE = Histogram(
     registry=REGISTRY,
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
 )
+MESSAGES_CONSUMED = Counter(
+    "atlas_messages_consumed",
+    "Messages handed to an agent, by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+MESSAGES_PRODUCED = Counter(
+    "atlas_messages_produced",
+    "Records sent by the worker's Faust producer (outcomes, legs, changelogs...), by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+
+# Business metrics, counted where the ledger decides. A replay after a crash re-decides what
+# the changelog had not recorded yet, so a few may be counted twice; never missed.
+TRANSFERS = Counter(
+    "atlas_transfers",
+    "Transfers that reached a final status, by status (completed, rejected, reversed).",
+    ["status"],
+    registry=REGISTRY,
+)
+MONEY_MOVED = Counter(
+    "atlas_money_moved",
+    "Money moved, in minor units, by currency and kind (deposit, withdrawal, transfer).",
+    ["currency", "kind"],
+    registry=REGISTRY,
+)
+ACCOUNTS_OPENED = Counter("atlas_accounts_opened", "Accounts opened.", registry=REGISTRY)
+ACCOUNTS_CLOSED = Counter("atlas_accounts_closed", "Accounts closed.", registry=REGISTRY)
+
+
+def count_consumed(events: list[Any]) -> None:
+    topics = Counter_(e.message.topic for e in events)
+    for topic, n in topics.items():
+        MESSAGES_CONSUMED.labels(topic).inc(n)

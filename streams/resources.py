@@ -13,13 +13,48 @@ from typing import Any
 import asyncpg
 from aiokafka.client import AIOKafkaClient
 from mode import Service
+from prometheus_client import Gauge, Histogram
 from redis.asyncio import Redis
 
 from streams.logs import get_logger
 from streams.resilience import Breakers
 from streams.settings import Settings
+from web.metrics import REGISTRY
 
 log = get_logger(__name__)
+
+
+PG_POOL_SIZE = Gauge(
+    "atlas_pg_pool_size", "Connections the PostgreSQL pool holds.", registry=REGISTRY
+)
+PG_POOL_IN_USE = Gauge(
+    "atlas_pg_pool_in_use", "PostgreSQL pool connections lent out.", registry=REGISTRY
+)
+PG_POOL_MAX = Gauge("atlas_pg_pool_max", "The PostgreSQL pool's size limit.", registry=REGISTRY)
+PG_QUERY_DURATION = Histogram(
+    "atlas_pg_query_duration_seconds",
+    "PostgreSQL statement duration, by its first keyword (select, insert, ...) and outcome.",
+    ["statement", "outcome"],
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_STATEMENTS = frozenset(
+    {"select", "insert", "update", "delete", "with", "set", "begin", "commit", "rollback"}
+)
+
+
+def _log_query(record: Any) -> None:
+    words = record.query.lstrip().split(None, 1)
+    statement = words[0].lower() if words else "other"
+    if statement not in _STATEMENTS:
+        statement = "other"
+    outcome = "error" if record.exception is not None else "ok"
+    PG_QUERY_DURATION.labels(statement, outcome).observe(record.elapsed)
+
+
+async def observe_queries(conn: asyncpg.Connection) -> None:
+    """Connection init: time every statement into atlas_pg_query_duration_seconds."""
+    conn.add_query_logger(_log_query)
 
 
 class Resources(Service):
@@ -43,7 +78,12 @@ class Resources(Service):
             max_size=s.postgres_pool_max,
             timeout=s.postgres_timeout_s,
             command_timeout=s.postgres_timeout_s,
+            init=observe_queries,
         )
+        pool = self.pg
+        PG_POOL_SIZE.set_function(lambda: pool.get_size())
+        PG_POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
+        PG_POOL_MAX.set(s.postgres_pool_max)
         self.redis = Redis.from_url(
             s.redis_url.get_secret_value(),
             socket_timeout=s.redis_timeout_s,

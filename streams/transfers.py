@@ -10,7 +10,7 @@ from typing import Any
 from streams import wire
 from streams.context import current_event
 from streams.logs import get_logger
-from streams.metrics import BATCH_DURATION, BATCH_SIZE
+from streams.metrics import BATCH_DURATION, BATCH_SIZE, count_consumed
 from tables.messages import TransferEvent
 from tables.store import LedgerTables
 from tables.transfers import advance
@@ -24,6 +24,7 @@ class TransfersProcessor:
 
     async def process(self, events: list[Any]) -> None:
         started = time.perf_counter()
+        count_consumed(events)
         by_transfer: dict[str, list[tuple[TransferEvent, Any]]] = defaultdict(list)
         for event in events:
             try:

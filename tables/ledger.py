@@ -331,6 +331,7 @@ class BatchResult:
     steps: list[Step] = field(default_factory=list)
     archive_writes: dict[int, dict[str, list[Any]] | None] = field(default_factory=dict)
     applied: list[Step] = field(default_factory=list)  # newly applied (not duplicates)
+    decided: list[Step] = field(default_factory=list)  # newly applied or rejected (not replays)
 
 
 def _archived(
@@ -374,6 +375,7 @@ def fold(
         new, decision, reason = decide(current, msg, limits)
         step = Step(msg, position, decision, reason, effects_of(msg, decision, reason))
         result.steps.append(step)
+        result.decided.append(step)
         if decision is Decision.APPLIED:
             result.applied.append(step)
         if new is None:  # no record yet: one that only remembers this decision

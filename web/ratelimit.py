@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
-from streams.resilience import Breakers
+from streams.resilience import BreakerOpen, Breakers
 from web.metrics import REGISTRY
 from web.problems import problem_response
 
@@ -31,6 +31,20 @@ RATE_LIMITED = Counter(
 LIMITER_FALLBACKS = Counter(
     "atlas_rate_limiter_fallbacks",
     "Decisions made by the local limiter because Redis did not answer.",
+    registry=REGISTRY,
+)
+
+REDIS_DURATION = Histogram(
+    "atlas_redis_operation_duration_seconds",
+    "Redis calls that answered, by operation.",
+    ["operation"],
+    registry=REGISTRY,
+    buckets=(0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+REDIS_ERRORS = Counter(
+    "atlas_redis_errors",
+    "Redis calls that failed or timed out, by operation.",
+    ["operation"],
     registry=REGISTRY,
 )
 
@@ -135,11 +149,16 @@ class RateLimiter:
                     self.timeout_s,
                 )
 
+            started = time.perf_counter()
             try:
                 allowed, wait_ms, remaining = await self.breakers.call("redis", in_redis)
+                REDIS_DURATION.labels("rate_limit").observe(time.perf_counter() - started)
                 self.redis_ok = True
                 return Decision(bool(allowed), float(wait_ms) / 1000.0, int(remaining), "redis")
-            except Exception:  # down, slow or its breaker open: decide here instead
+            except BreakerOpen:  # not asked: the breaker stands in for Redis
+                self.redis_ok = False
+            except Exception:  # down or slow: decide here instead
+                REDIS_ERRORS.labels("rate_limit").inc()
                 self.redis_ok = False
         LIMITER_FALLBACKS.inc()
         return self.local.check(client)
