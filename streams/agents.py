@@ -15,6 +15,7 @@ from streams.ledger import LedgerProcessor
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import consuming
 from streams.transfers import TransfersProcessor
 
 log = get_logger(__name__)
@@ -32,7 +33,8 @@ def install_agents(
     async def run(name: str, stream: Any, process: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             try:
-                await process(events)
+                with consuming(name, events):  # spans per event only while tracing is on
+                    await process(events)
             except Exception as exc:
                 # Faust acks a batch even when its body raises (take_events acks in a finally):
                 # refuse every later commit first, so the batch is read again after restart.

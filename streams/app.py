@@ -26,6 +26,7 @@ from streams.relay import OutboxRelay
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
 from streams.topics import TopicDeclarer, define_topics
+from streams.tracing import setup_tracing
 from streams.transfers import TransfersProcessor
 from tables.ledger import Limits
 from tables.messages import Position
@@ -39,6 +40,7 @@ from web.ops import install_lag
 from web.ops_page import install_ops_page
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
 from web.reads import TableReads
+from web.tracing import tracing_middleware
 from web.writes import WriteViews
 
 try:
@@ -123,6 +125,7 @@ class AtlasApp(faust.App):
         )
         # Innermost: refusals are still correlated, counted and rendered as problems; the
         # deadline bounds auth, the limiter and the view; the limiter needs auth's client.
+        web.web_app.middlewares.insert(0, tracing_middleware())  # outermost: spans every log line
         web.web_app.middlewares.append(deadline_middleware(self.settings.request_deadline_s))
         web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
         web.web_app.middlewares.append(rate_limit_middleware(self.limiter, _client_key))
@@ -138,6 +141,10 @@ class AtlasApp(faust.App):
         install_docs(web.web_app.router, VERSION)
         install_lag(web.web_app.router, self.lag_monitor)
         install_ops_page(web.web_app.router, self)
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        setup_tracing(self.settings)  # before the relay, the agents and the web server start
 
     async def on_started(self) -> None:
         await super().on_started()

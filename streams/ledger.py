@@ -33,6 +33,7 @@ from streams.metrics import (
     count_consumed,
 )
 from streams.topics import Topics
+from streams.tracing import bound_event, carried
 from tables.ledger import Account, BatchResult, Limits, archive_key, fold
 from tables.messages import (
     AccountMessage,
@@ -127,10 +128,12 @@ class LedgerProcessor:
                     archive[segment_key] = segment
             self._record_activity(account_id, result.applied)
         # 2. effects, after the state they follow from.
-        for step in result.steps:
+        # One step per message, in order (`fold`): what a message causes carries its trace.
+        for (_, _, event), step in zip(items, result.steps, strict=True):
             EVENTS.labels(step.position.topic, step.decision.value).inc()
+            headers = carried(event) if step.effects else None
             for effect in step.effects:
-                self.send(effect)
+                self.send(effect, headers)
         count_business(result)
 
     def _record_activity(self, account_id: str, applied: list[Any]) -> None:
@@ -143,20 +146,26 @@ class LedgerProcessor:
         current["volume"] += sum(p.amount for p in payments)
         activity[account_id] = current
 
-    def send(self, effect: Effect) -> None:
+    def send(self, effect: Effect, headers: list[tuple[str, bytes]] | None = None) -> None:
         topics = self.topics
         match effect:
             case PaymentOutcome():
                 topics.outcomes.send_soon(
-                    key=effect.event_id.encode(), value=wire.encode_outcome(effect)
+                    key=effect.event_id.encode(),
+                    value=wire.encode_outcome(effect),
+                    headers=headers,
                 )
             case TransferEvent():
                 topics.transfer_events.send_soon(
-                    key=effect.transfer_id.encode(), value=wire.encode_transfer_event(effect)
+                    key=effect.transfer_id.encode(),
+                    value=wire.encode_transfer_event(effect),
+                    headers=headers,
                 )
             case CreditLeg() | RefundLeg():
                 topics.legs.send_soon(
-                    key=effect.account_id.encode(), value=wire.encode_command(effect)
+                    key=effect.account_id.encode(),
+                    value=wire.encode_command(effect),
+                    headers=headers,
                 )
 
     def dead_letter(self, event: Any, bad: wire.BadMessage) -> None:
@@ -170,14 +179,15 @@ class LedgerProcessor:
         ]
         self.topics.dlq.send_soon(key=message.key, value=message.value, headers=headers)
         EVENTS.labels(message.topic, "dead_lettered").inc()
-        log.warning(
-            "dead-lettered",
-            error_type=bad.error_type,
-            reason=bad.message,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
+        with bound_event(event):
+            log.warning(
+                "dead-lettered",
+                error_type=bad.error_type,
+                reason=bad.message,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
 
     def reroute(self, event: Any, partition: int) -> None:
         """Re-publish to the key's murmur2 partition (a producer used another partitioner)."""

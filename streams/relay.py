@@ -34,6 +34,7 @@ from uuid import UUID
 import asyncpg
 import backoff
 import orjson
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from mode import Service
@@ -42,6 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from streams.logs import get_logger
 from streams.resilience import Breakers
 from streams.settings import Settings
+from streams.tracing import CORRELATION_ID, TRACEPARENT, log_fields, publishing
 from web.metrics import REGISTRY
 
 log = get_logger(__name__)
@@ -410,16 +412,21 @@ class OutboxRelay(Service):
                 for row in rows:
                     try:
                         record = to_record(row)
-                        delivery = await producer.send(
-                            record.topic, record.value, key=record.key, headers=record.headers
-                        )
+                        # A producer span per row, continuing the row's trace; the record
+                        # carries the span's traceparent. It ends when Kafka acknowledges.
+                        with publishing(record.topic, record.headers, record.event_id) as publish:
+                            delivery = await producer.send(
+                                record.topic, record.value, key=record.key, headers=publish.headers
+                            )
+                            publish.until(delivery)
                     except _ROW_ERRORS as exc:
                         rejected += 1
-                        log.error(
-                            "outbox row cannot be published",
-                            event_id=str(row["id"]),
-                            error=_describe(exc),
-                        )
+                        with structlog.contextvars.bound_contextvars(**_row_log_fields(row)):
+                            log.error(
+                                "outbox row cannot be published",
+                                event_id=str(row["id"]),
+                                error=_describe(exc),
+                            )
                         continue
                     sent.append((record.event_id, delivery))
         except Exception as exc:  # Kafka unreachable, metadata timeout, the deadline
@@ -521,6 +528,15 @@ def _fail_pending_batches(producer: AIOKafkaProducer) -> None:
     accumulator.fail_all(KafkaError("relay producer dropped"))
     for batch in batches:
         _retrieve(batch._drain_waiter)
+
+
+def _row_log_fields(row: Row) -> dict[str, str]:
+    headers = row["headers"] if isinstance(row["headers"], Mapping) else {}
+    cid, traceparent = headers.get(CORRELATION_ID), headers.get(TRACEPARENT)
+    return log_fields(
+        cid if isinstance(cid, str) else None,
+        traceparent if isinstance(traceparent, str) else None,
+    )
 
 
 def _retrieve(delivery: asyncio.Future[Any]) -> None:

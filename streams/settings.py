@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     postgres_pool_min: int = Field(default=0, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
 
+    # Tracing (streams/tracing.py): an OTLP endpoint in OTEL_EXPORTER_OTLP_ENDPOINT selects
+    # OTLP; otherwise `console`, `none`, or `file` (JSON lines in `trace_file`, for tests).
+    # Sampling is ParentBased(TraceIdRatioBased(trace_sample_ratio)).
+    trace_exporter: Literal["none", "console", "file"] = "none"
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    trace_file: Path | None = None
+
     # Local table state (RocksDB); each worker on a machine needs its own.
     data_dir: Path | None = None
     migrations_dir: Path = Field(default=REPO_ROOT / "migrations")

@@ -11,6 +11,7 @@ from streams import wire
 from streams.context import current_event
 from streams.logs import get_logger
 from streams.metrics import BATCH_DURATION, BATCH_SIZE, count_consumed
+from streams.tracing import bound_event
 from tables.messages import TransferEvent
 from tables.store import LedgerTables
 from tables.transfers import advance
@@ -30,7 +31,8 @@ class TransfersProcessor:
             try:
                 decoded = wire.decode_transfer_event(event.message.value)
             except wire.BadMessage as bad:  # written only by the ledger agent: a bug, not input
-                log.error("undecodable transfer event", reason=bad.message)
+                with bound_event(event):
+                    log.error("undecodable transfer event", reason=bad.message)
                 continue
             by_transfer[decoded.transfer_id].append((decoded, event))
         transfers = self.tables.transfers

@@ -34,6 +34,7 @@ from web import idempotency
 from web.idempotency import Effect, OutboxRow
 from web.problems import problem_response
 from web.schemas import EmptyBody, OpenAccountBody, TransferBody, is_account_id
+from web.tracing import outbox_insert
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 255
@@ -191,7 +192,9 @@ class WriteViews:
         )
 
         async def write() -> idempotency.Result:
-            return await self.group.submit(pending)
+            # Each attempt is its own span; its rows carry its traceparent and correlation id.
+            with outbox_insert(request, pending) as traced:
+                return await self.group.submit(traced)
 
         try:
             # A transient failure rolled the whole transaction back: retrying it is safe.
