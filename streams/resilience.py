@@ -85,6 +85,9 @@ _TRANSIENT: tuple[type[Exception], ...] = (
 )
 
 
+TRANSIENT_ERRORS = _TRANSIENT
+
+
 def is_transient(exc: BaseException) -> bool:
     """A failure worth retrying and counting against the dependency's breaker."""
     return isinstance(exc, _TRANSIENT)

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from streams.resilience import BreakerOpen, Breakers
+from streams.resilience import TRANSIENT_ERRORS, BreakerOpen, Breakers
 from streams.settings import Settings
 from streams.topics import COMMANDS
 from streams.wire import encode_command
@@ -216,8 +216,9 @@ class WriteViews:
                 "idempotency-key-reused",
                 "this Idempotency-Key was used for a different request",
             )
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
-            # PostgreSQL down or too slow: nothing was accepted, the client may retry the key.
+        except TRANSIENT_ERRORS:
+            # PostgreSQL down, shutting down or too slow: the transaction did not commit, and
+            # the client may retry the key.
             return _problem(
                 request,
                 503,

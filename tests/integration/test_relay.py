@@ -196,7 +196,6 @@ async def test_rows_are_published_as_specified_and_marked(
 
         messages = await read_topic(settings.kafka_bootstrap_servers, topic, len(rows))
         await eventually(lambda: _is_zero(unpublished(pg)), 10, "rows marked published")
-        await eventually(lambda: metric("atlas_outbox_backlog") == 0, 5, "backlog gauge at 0")
 
     assert len(messages) == len(rows)
     by_id = {str(r["id"]): r for r in rows}
@@ -392,8 +391,6 @@ async def test_a_failed_publish_leaves_rows_unpublished_for_a_later_retry(
             "at least two failed attempts",
         )
         assert await unpublished(pg) == len(rows)
-        await eventually(lambda: metric("atlas_outbox_backlog") == len(rows), 5, "backlog gauge")
-        assert metric("atlas_outbox_oldest_unpublished_age_seconds") > 0
     assert await unpublished(pg) == len(rows)
 
     # Kafka reachable again (a relay that can reach it takes over): the same rows go out.

@@ -253,12 +253,15 @@ def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
         check = worker.get("/health").json()["checks"]["outbox:backlog"][0]
         assert check["status"] == "warn" and "limit 3" in check["output"], check
         # Shedding starts at the first poll past the limit: a write may slip in before it.
-        gauge = [
-            line
-            for line in worker.get("/metrics").body.decode().splitlines()
-            if line.startswith("atlas_outbox_backlog ")
-        ]
+        exposition = worker.get("/metrics").body.decode().splitlines()
+        gauge = [line for line in exposition if line.startswith("atlas_outbox_backlog ")]
         assert gauge and 3 <= float(gauge[0].split()[1]) <= 4, gauge
+        age = [
+            line
+            for line in exposition
+            if line.startswith("atlas_outbox_oldest_unpublished_age_seconds ")
+        ]
+        assert age and float(age[0].split()[1]) > 0, age
     finally:
         loop.run_until_complete(holder.close())
         loop.close()
