@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from streams.logs import configure_logging
@@ -24,6 +25,9 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     sys.argv = with_log_level(sys.argv, settings.log_level)
+    # Faust picks its event loop when it is first imported: uvloop unless told otherwise
+    # (`-L aio` on the command line, or F_LOOP=aio).
+    os.environ.setdefault("F_LOOP", settings.event_loop)
     from streams import client_commands, commands  # noqa: F401  (registers the subcommands)
     from streams.app import app
 
