@@ -311,16 +311,25 @@ def publish(report: LagReport) -> None:
 
 
 class LagMonitor(Service):
-    """Polls the worker's own group every `lag_poll_s`; `report` is the latest reading."""
+    """Polls the worker's own group (and any watched ones) every `lag_poll_s`.
+
+    `report` is the own group's latest reading; `reports` holds every watched group's.
+    """
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.group = settings.app_name
+        watched = [g.strip() for g in settings.lag_watch_groups.split(",") if g.strip()]
+        self.groups = [self.group, *(g for g in watched if g != self.group)]
         self.topics = source_topics(settings.topic_prefix)
         self.reader = OffsetsReader(settings.kafka_bootstrap_servers, settings.kafka_timeout_s)
-        self.tracker = LagTracker()
-        self.report: LagReport | None = None
+        self.trackers = {group: LagTracker() for group in self.groups}
+        self.reports: dict[str, LagReport] = {}
+
+    @property
+    def report(self) -> LagReport | None:
+        return self.reports.get(self.group)
 
     @Service.task
     async def _poll(self) -> None:
@@ -329,18 +338,24 @@ class LagMonitor(Service):
             await self.sleep(self.settings.lag_poll_s)
 
     async def refresh(self) -> None:
+        for group in self.groups:
+            await self._refresh(group)
+
+    async def _refresh(self, group: str) -> None:
         try:
-            offsets = await self.reader.read(self.group, self.topics)
+            offsets = await self.reader.read(group, self.topics)
         except Exception as exc:  # Kafka unreachable: the status says so, the worker goes on
             log.debug("consumer lag not measured", error=f"{type(exc).__name__}: {exc}")
-            previous = self.report.partitions if self.report else []
+            last = self.reports.get(group)
             error = f"{type(exc).__name__}: {exc}"[:300]
-            self.report = LagReport(self.group, Status.ERR, previous, error)
+            self.reports[group] = LagReport(
+                group, Status.ERR, last.partitions if last else [], error
+            )
             with contextlib.suppress(Exception):
                 await self.reader.stop()  # reconnect on the next poll
         else:
-            self.report = self.tracker.observe(offsets, time.monotonic())
-        publish(self.report)
+            self.reports[group] = self.trackers[group].observe(offsets, time.monotonic())
+        publish(self.reports[group])
 
     async def on_stop(self) -> None:
         await self.reader.stop()

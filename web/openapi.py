@@ -19,6 +19,7 @@ from web.schemas import (
     ACCOUNT_ID_PATTERN,
     Account,
     AccountAccepted,
+    ConsumerLag,
     EmptyBody,
     Health,
     OpenAccountBody,
@@ -385,6 +386,29 @@ def operations(assets: Iterable[str] = ()) -> list[Operation]:
                     "description": "Seconds to long-poll until the status is final "
                     f"(completed, rejected, reversed); at most {MAX_WAIT_S}.",
                     "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+                },
+            ),
+            secured=True,
+        ),
+        Operation(
+            "get",
+            "/v1/ops/lag",
+            "getConsumerLag",
+            "Read the consumer lag of this worker's group, or of a group it watches",
+            "operations",
+            {
+                200: _read(ConsumerLag, "consumer lag"),
+                404: _problem("The worker does not watch that group (`group-not-watched`)."),
+                **_V1_REFUSALS,
+            },
+            parameters=(
+                {
+                    "name": "group",
+                    "in": "query",
+                    "required": False,
+                    "description": "A group from ATLAS_LAG_WATCH_GROUPS; the worker's own group "
+                    "when absent. 503 until the first reading.",
+                    "schema": {"type": "string"},
                 },
             ),
             secured=True,

@@ -1,4 +1,8 @@
-"""`GET /v1/ops/lag`: the worker's latest consumer-lag reading (streams/lag.py) as JSON."""
+"""`GET /v1/ops/lag[?group=G]`: the worker's latest consumer-lag reading (streams/lag.py).
+
+Without `group`, the worker's own group; with it, one of the groups it watches
+(`ATLAS_LAG_WATCH_GROUPS`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,15 @@ from web.problems import problem_response
 
 def install_lag(router: web.UrlDispatcher, monitor: LagMonitor) -> None:
     async def get_lag(request: web.Request) -> web.Response:
-        report = monitor.report
+        group = request.query.get("group", monitor.group)
+        if group not in monitor.groups:
+            return problem_response(
+                404,
+                slug="group-not-watched",
+                detail=f"this worker watches {', '.join(monitor.groups)}",
+                instance=request.path,
+            )
+        report = monitor.reports.get(group)
         if report is None:
             return problem_response(
                 503,

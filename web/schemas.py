@@ -141,6 +141,29 @@ class Transfer(_Open):
     currency: str
 
 
+LagStatus = Literal["OK", "WARN", "ERR", "STOP", "STALL", "REWIND"]
+
+
+class PartitionLag(_Open):
+    topic: str
+    partition: int
+    committed: int | None = Field(description="The group's committed offset; null if none.")
+    end: int = Field(description="The partition's end offset.")
+    lag: int = Field(description="Messages behind.")
+    lag_seconds: float = Field(description="Estimated time behind.")
+    status: LagStatus
+
+
+class ConsumerLag(_Open):
+    """A consumer group's lag (streams/lag.py), as the worker last read it."""
+
+    group: str
+    status: LagStatus = Field(description="Burrow's evaluation: the worst partition status.")
+    lag: int = Field(description="Messages behind, all partitions.")
+    partitions: list[PartitionLag]
+    error: str | None = None
+
+
 class HealthCheck(_Open):
     componentType: str  # the draft's field names
     observedValue: float | int | str | None = None

@@ -16,12 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams import topics as names
+from streams.kafka import partition_for
 from tests.integration.processes import REPO_ROOT, WorkerProcess, http, run_atlas, wait_until
 from tests.integration.stack import Stack
+from tests.integration.workload import Message, Namespace, payment, produce
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +206,99 @@ def test_the_worker_serves_its_own_lag(
     metrics = worker.get("/metrics").body.decode()
     assert f'atlas_consumer_lag_status{{group="{report["group"]}",status="OK"}} 1.0' in metrics
     assert "atlas_consumer_lag_seconds{" in metrics
+
+
+def lag_metrics(worker: WorkerProcess, group: str, topic: str) -> dict[int, float]:
+    """Partition -> atlas_consumer_lag of `group` on `topic`, from the worker's /metrics."""
+    found: dict[int, float] = {}
+    prefix = f'atlas_consumer_lag{{group="{group}",partition="'
+    for line in worker.get("/metrics").body.decode().splitlines():
+        if line.startswith(prefix) and f'topic="{topic}"' in line:
+            partition = int(line[len(prefix) :].split('"', 1)[0])
+            found[partition] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def status_metric(worker: WorkerProcess, group: str) -> str | None:
+    for line in worker.get("/metrics").body.decode().splitlines():
+        if line.startswith(f'atlas_consumer_lag_status{{group="{group}"') and line.endswith(" 1.0"):
+            return line.split('status="', 1)[1].split('"', 1)[0]
+    return None
+
+
+def test_a_paused_workers_backlog_shows_in_the_lag_metric_like_kafkas_tool(
+    spawn_worker: Callable[..., WorkerProcess], base_env: dict[str, str]
+) -> None:
+    """Worker A is stopped (its consumption paused), N payments are published; worker B, which
+    watches A's group, reports exactly those N per partition, as ConsumerGroupCommand does.
+    A back: lag 0 and status OK."""
+    tag = uuid.uuid4().hex[:8]
+    ns = Namespace(base_env["KAFKA_BOOTSTRAP_SERVERS"], f"l{tag}.", f"atlas-l{tag}", 4)
+    asyncio.run(ns.create_topics())
+    payments = ns.topic(names.PAYMENTS)
+
+    a = spawn_worker(**ns.worker_env())
+    a.wait_ready()
+    # One payment per partition first, so that A commits an offset on each of them (Kafka's
+    # tool lists only partitions with a committed offset).
+    first_keys: dict[int, bytes] = {}
+    for i in range(100):
+        first_keys.setdefault(partition_for(f"acc-w{i}".encode(), 4), f"acc-w{i}".encode())
+    assert len(first_keys) == 4
+    warmup = [
+        Message(
+            names.PAYMENTS, k, orjson.dumps(payment(f"w-{k.decode()}", "deposit", k.decode(), 5))
+        )
+        for k in first_keys.values()
+    ]
+    asyncio.run(produce(ns, warmup))
+    asyncio.run(ns.wait_at_rest(60))
+    a.stop()  # consumption paused: the group has no member and commits nothing more
+
+    # N payments on known partitions (the key's murmur2 partition, as Atlas expects).
+    keys = [f"acc-{i}".encode() for i in range(24)]
+    backlog: dict[int, int] = {}
+    for key in keys:
+        p = partition_for(key, 4)
+        backlog[p] = backlog.get(p, 0) + 1
+    messages = [
+        Message(
+            names.PAYMENTS, k, orjson.dumps(payment(f"e-{k.decode()}", "deposit", k.decode(), 1))
+        )
+        for k in keys
+    ]
+    asyncio.run(produce(ns, messages))
+
+    b = spawn_worker(
+        ATLAS_TOPIC_PREFIX=ns.prefix,
+        ATLAS_TOPIC_PARTITIONS="4",
+        ATLAS_APP_NAME=f"atlas-watcher-{tag}",
+        ATLAS_LAG_WATCH_GROUPS=ns.app_name,
+        ATLAS_LAG_POLL_S="0.5",
+    )
+    b.wait_ready()
+    seen = wait_until(
+        lambda: (m := lag_metrics(b, ns.app_name, payments)) and sum(m.values()) == len(keys) and m,
+        30,
+        what="the backlog in atlas_consumer_lag",
+    )
+    assert {p: int(v) for p, v in seen.items() if v} == backlog
+    kafka = kafka_describe(ns.bootstrap, ns.app_name)
+    for partition, count in backlog.items():
+        assert kafka[(payments, partition)][2] == count  # Kafka's own LAG column
+    by_api = b.get(f"/v1/ops/lag?group={ns.app_name}").json()
+    assert by_api["group"] == ns.app_name and by_api["lag"] >= len(keys)
+    assert b.get("/v1/ops/lag?group=not-watched").status == 404
+
+    a.start()  # consumption resumes
+    a.wait_ready()
+    wait_until(
+        lambda: (
+            sum(lag_metrics(b, ns.app_name, payments).values()) == 0
+            and status_metric(b, ns.app_name) == "OK"
+        ),
+        60,
+        what="lag back to 0 and status OK",
+    )
+    kafka = kafka_describe(ns.bootstrap, ns.app_name)
+    assert all(kafka[(payments, p)][2] == 0 for p in backlog)
