@@ -76,6 +76,8 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,  # the connection closed under the call
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.TooManyConnectionsError,
+    # A pooled connection left mid-operation by a server going away (seen during a shutdown).
+    asyncpg.exceptions.InternalClientError,
     RedisConnectionError,
     RedisTimeoutError,
     KafkaConnectionError,
