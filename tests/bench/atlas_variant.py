@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class AtlasConfig:
     log_dir: Path
     port: int
     overrides: tuple[tuple[str, str], ...] = ()  # extra ATLAS_* settings (diagnostic runs)
+    api_key: str = ""  # for the /v1 reads; see `with_api_client`
 
     @property
     def url(self) -> str:
@@ -76,6 +77,9 @@ class AtlasConfig:
             ATLAS_WEB_PORT=str(self.port),
             ATLAS_DATA_DIR=str(self.data_dir),
             ATLAS_LOG_LEVEL="WARNING",
+            # The harness reads every account over /v1 while it waits: not the limiter's job.
+            ATLAS_RATE_LIMIT_PER_S="100000",
+            ATLAS_RATE_LIMIT_BURST="100000",
             # The defaults (rocksdb:// store, batch size, linger) are left as the product has them.
         )
         env.update(self.overrides)
@@ -111,6 +115,29 @@ async def wait_ready(
     raise BenchTimeout(f"worker not ready after {timeout_s:.0f}s (last answer: {last})")
 
 
+async def with_api_client(cfg: AtlasConfig) -> AtlasConfig:
+    """`cfg` with the key of a new API client (`atlas clients-create`) for the /v1 reads."""
+    proc = await asyncio.create_subprocess_exec(
+        ATLAS,
+        "clients-create",
+        f"bench-{cfg.app_name}",
+        env=cfg.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"atlas clients-create failed: {err.decode()[-500:]}")
+    keys = [
+        line.split(":", 1)[1].strip()
+        for line in out.decode().splitlines()
+        if line.startswith("key:")
+    ]
+    if not keys:
+        raise RuntimeError("atlas clients-create printed no key")
+    return replace(cfg, api_key=keys[0])
+
+
 async def get_accounts(
     http: aiohttp.ClientSession, cfg: AtlasConfig, ids: list[str], concurrency: int = 16
 ) -> dict[str, tuple[int, Any]]:
@@ -120,7 +147,8 @@ async def get_accounts(
     async def one(account_id: str) -> tuple[str, tuple[int, Any]]:
         async with gate:
             try:
-                async with http.get(f"{cfg.url}/v1/accounts/{account_id}") as r:
+                headers = {"Authorization": f"Bearer {cfg.api_key}"}
+                async with http.get(f"{cfg.url}/v1/accounts/{account_id}", headers=headers) as r:
                     body = await r.read()
                     return account_id, (r.status, orjson.loads(body) if r.status == 200 else None)
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:

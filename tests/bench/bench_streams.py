@@ -402,6 +402,8 @@ async def _bench(
         port=atlas_variant.free_port(),
         overrides=tuple(args.atlas_env),
     )
+    if "atlas" in args.variants:
+        cfg = await atlas_variant.with_api_client(cfg)
     changelogs_before: dict[str, int] = {}
     if "atlas" in args.variants and not args.atlas_no_setup:
         setup_s = await atlas_variant.open_accounts(cfg, workload, registry, deadline)
