@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from aiokafka.partitioner import murmur2
@@ -33,6 +33,8 @@ from streams.metrics import MESSAGES_PRODUCED
 
 SCHEME = "atlas-kafka"
 
+Record = tuple[bytes, bytes, list[tuple[str, bytes]] | None]  # key, value, headers
+
 
 class SafeProducer(faust_aiokafka.Producer):
     flush_timeout_s: float = 60.0
@@ -41,6 +43,7 @@ class SafeProducer(faust_aiokafka.Producer):
         super().__post_init__()
         self._unresolved: set[asyncio.Future[Any]] = set()
         self._failure: BaseException | None = None
+        self._partition_counts: dict[str, int] = {}
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unresolved.add(fut)
@@ -80,17 +83,7 @@ class SafeProducer(faust_aiokafka.Producer):
                 outstanding.set_exception(exc)
             raise
 
-        def settle(f: asyncio.Future[Any]) -> None:
-            if outstanding.done():
-                return
-            if f.cancelled():
-                outstanding.cancel()
-            elif (exc := f.exception()) is not None:
-                outstanding.set_exception(exc)
-            else:
-                outstanding.set_result(f.result())
-
-        cast("asyncio.Future[Any]", delivery).add_done_callback(settle)
+        cast("asyncio.Future[Any]", delivery).add_done_callback(lambda f: _settle(outstanding, f))
         return delivery
 
     def fail(self, reason: BaseException) -> None:
@@ -101,6 +94,49 @@ class SafeProducer(faust_aiokafka.Producer):
     @property
     def outstanding(self) -> int:
         return len(self._unresolved)
+
+    async def send_many(
+        self, topic: str, records: Sequence[Record], partitions: int | None = None
+    ) -> None:
+        """Hand records straight to aiokafka, one batch per partition (the key's murmur2).
+
+        The bulk path for a batch's outputs: Faust's per-record send path (a buffer, a future
+        and a callback chain per record) is most of the cost of an output record. Each batch
+        is tracked like any other send, so `flush` (and with it the commit) waits for it.
+        """
+        if not records:
+            return
+        producer = self._ensure_producer()
+        if partitions is None:
+            partitions = self._partition_counts.get(topic)
+            if partitions is None:
+                partitions = self._partition_counts[topic] = len(
+                    await producer.partitions_for(topic)
+                )
+        MESSAGES_PRODUCED.labels(topic).inc(len(records))
+        by_partition: dict[int, list[Record]] = {}
+        for record in records:
+            by_partition.setdefault(partition_for(record[0], partitions), []).append(record)
+        for partition, items in by_partition.items():
+            batch = producer.create_batch()
+            for key, value, headers in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers or []):
+                    continue
+                await self._send_batch(producer, batch, topic, partition)
+                batch = producer.create_batch()  # takes its first record whatever its size
+                batch.append(key=key, value=value, timestamp=None, headers=headers or [])
+            await self._send_batch(producer, batch, topic, partition)
+
+    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
+        outstanding: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._track(outstanding)
+        try:
+            delivery = await producer.send_batch(batch, topic, partition=partition)
+        except BaseException as exc:
+            if not outstanding.done():
+                outstanding.set_exception(exc)
+            raise
+        delivery.add_done_callback(lambda f: _settle(outstanding, f))
 
     async def flush(self) -> None:
         # Everything handed over before this point belongs to events acked before the commit
@@ -116,6 +152,18 @@ class SafeProducer(faust_aiokafka.Producer):
         if self._failure is not None:
             # Sticky: once a record is lost this process must never commit again.
             raise ProducerSendError(f"a produce failed: {self._failure!r}") from self._failure
+
+
+def _settle(outstanding: asyncio.Future[Any], delivery: asyncio.Future[Any]) -> None:
+    """Mirror a delivery's outcome onto the future `flush` waits for."""
+    if outstanding.done():
+        return
+    if delivery.cancelled():
+        outstanding.cancel()
+    elif (exc := delivery.exception()) is not None:
+        outstanding.set_exception(exc)
+    else:
+        outstanding.set_result(delivery.result())
 
 
 class SafeConsumer(faust_aiokafka.Consumer):

@@ -20,7 +20,7 @@ from typing import Any
 
 from streams import wire
 from streams.context import current_event
-from streams.kafka import partition_for
+from streams.kafka import Record, partition_for
 from streams.logs import get_logger
 from streams.metrics import (
     ACCOUNTS_CLOSED,
@@ -89,13 +89,20 @@ class LedgerProcessor:
             by_account[msg.account_id].append((msg, position, event))
 
         now = self.clock()
+        outcomes: list[Record] = []  # one per payment: sent in bulk, after every state write
         for account_id, items in by_account.items():
-            self._apply(account_id, items, now)
+            self._apply(account_id, items, now, outcomes)
+        outcomes_topic = self.topics.outcomes
+        await outcomes_topic.app.producer.send_many(outcomes_topic.get_topic_name(), outcomes)
         BATCH_SIZE.labels("ledger").observe(len(events))
         BATCH_DURATION.labels("ledger").observe(time.perf_counter() - started)
 
     def _apply(
-        self, account_id: str, items: list[tuple[AccountMessage, Position, Any]], now: float
+        self,
+        account_id: str,
+        items: list[tuple[AccountMessage, Position, Any]],
+        now: float,
+        outcomes: list[Record],
     ) -> None:
         accounts, archive = self.tables.accounts, self.tables.archive
         key = account_id.encode()
@@ -113,7 +120,7 @@ class LedgerProcessor:
             is_committed=self.is_committed,
             now=now,
         )
-        # 1. state: one record per account (marks inside), archive segments, activity.
+        # 1. state: one record per account (marks and activity inside), archive segments.
         # The record is written even when nothing changed (a batch of replays): after a SIGKILL
         # the local RocksDB store can hold a write whose changelog record never reached Kafka,
         # and the replay that finds its marks must still put that state into the changelog.
@@ -126,25 +133,19 @@ class LedgerProcessor:
                     archive.pop(segment_key, None)
                 else:
                     archive[segment_key] = segment
-            self._record_activity(account_id, result.applied)
         # 2. effects, after the state they follow from.
         # One step per message, in order (`fold`): what a message causes carries its trace.
         for (_, _, event), step in zip(items, result.steps, strict=True):
             EVENTS.labels(step.position.topic, step.decision.value).inc()
             headers = carried(event) if step.effects else None
             for effect in step.effects:
-                self.send(effect, headers)
+                if isinstance(effect, PaymentOutcome):
+                    outcomes.append(
+                        (effect.event_id.encode(), wire.encode_outcome(effect), headers)
+                    )
+                else:
+                    self.send(effect, headers)
         count_business(result)
-
-    def _record_activity(self, account_id: str, applied: list[Any]) -> None:
-        payments = [s.msg for s in applied if isinstance(s.msg, Payment)]
-        if not payments:
-            return
-        activity = self.tables.activity
-        current = dict(activity[account_id].current())
-        current["count"] += len(payments)
-        current["volume"] += sum(p.amount for p in payments)
-        activity[account_id] = current
 
     def send(self, effect: Effect, headers: list[tuple[str, bytes]] | None = None) -> None:
         topics = self.topics

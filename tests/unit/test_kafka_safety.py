@@ -192,3 +192,71 @@ async def test_a_stalled_head_is_read_again_from_the_committed_offset(
     assert consumer._new_offset(TOPIC_PARTITION) is None
     await asyncio.sleep(0)
     assert seeks == [(TOPIC_PARTITION, 31)]  # ...and read again, which dedup makes safe
+
+
+class BatchingKafka:
+    """Stands in for the aiokafka producer under `send_many`: real batch builders, late acks."""
+
+    def __init__(self, max_batch_size: int = 16384) -> None:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        self.builder = lambda: BatchBuilder(max_batch_size, 0, is_transactional=False)
+        self.sent: list[tuple[str, int, Any]] = []
+        self.pending: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> Any:
+        return self.builder()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((topic, partition, batch))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        return fut
+
+
+def records(n: int, size: int = 10) -> list[tuple[bytes, bytes, None]]:
+    return [(f"key-{i}".encode(), b"v" * size, None) for i in range(n)]
+
+
+async def test_send_many_batches_by_partition_and_flush_waits_for_every_batch(
+    app: AtlasApp,
+) -> None:
+    from streams.kafka import partition_for
+
+    kafka = BatchingKafka()
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await producer.send_many("outcomes", records(40))
+        expected = {partition_for(k, 4) for k, _, _ in records(40)}
+        assert {p for _, p, _ in kafka.sent} == expected  # one batch per partition
+        assert len(kafka.sent) == len(expected)
+        flush = asyncio.create_task(producer.flush())
+        await asyncio.sleep(0.05)
+        assert not flush.done(), "flush returned while a batch was unacknowledged"
+        for fut in kafka.pending:
+            fut.set_result(None)
+        await asyncio.wait_for(flush, 1)
+
+
+async def test_a_failed_batch_refuses_this_and_every_later_commit(app: AtlasApp) -> None:
+    kafka = BatchingKafka(max_batch_size=200)  # a few records per batch: several batches
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await producer.send_many("outcomes", records(30, size=40), partitions=1)
+        assert len(kafka.sent) > 1  # a full batch went out and a new one was started
+        kafka.pending[0].set_exception(RuntimeError("NotLeaderForPartition"))
+        for fut in kafka.pending[1:]:
+            fut.set_result(None)
+        with pytest.raises(ProducerSendError):
+            await producer.flush()
+        with pytest.raises(ProducerSendError):  # sticky
+            await producer.flush()
