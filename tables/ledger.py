@@ -89,6 +89,9 @@ class Account:
     archive: tuple[tuple[int, float], ...] = ()  # (segment seq, created at) of live segments
     next_seq: int = 0
     pending: PendingArchive | None = None
+    # Applied payments in the current hour: (hour start, epoch s; count; volume). Kept in the
+    # record so a batch still writes one record per account.
+    activity: tuple[int, int, int] = (0, 0, 0)
 
     def find_mark(self, key: str) -> Mark | None:
         for mark in reversed(self.marks):
@@ -107,6 +110,7 @@ class Account:
             "marks": [m.to_json() for m in self.marks],
             "archive": [list(a) for a in self.archive],
             "next_seq": self.next_seq,
+            "activity": list(self.activity),
             "pending": None
             if self.pending is None
             else [
@@ -131,6 +135,7 @@ class Account:
             marks=tuple(Mark.from_json(m) for m in raw.get("marks", ())),
             archive=tuple((int(s), float(t)) for s, t in raw.get("archive", ())),
             next_seq=raw.get("next_seq", 0),
+            activity=tuple(raw.get("activity", (0, 0, 0))),
             pending=None
             if pending is None
             else PendingArchive(pending[0], pending[1], Position(*pending[2:])),
@@ -139,6 +144,13 @@ class Account:
     @property
     def opened(self) -> bool:
         return self.status is not AccountStatus.ABSENT
+
+    def activity_at(self, now: float) -> dict[str, int]:
+        """Count and volume of the payments applied in the hour that holds `now`."""
+        hour, count, volume = self.activity
+        if hour != hour_of(now):
+            return {"count": 0, "volume": 0}
+        return {"count": count, "volume": volume}
 
     def public(self) -> dict[str, Any]:
         """What `GET /v1/accounts/{id}` shows."""
@@ -347,6 +359,20 @@ def _archived(
     return None
 
 
+ACTIVITY_WINDOW_S = 3600
+
+
+def hour_of(now: float) -> int:
+    return int(now // ACTIVITY_WINDOW_S) * ACTIVITY_WINDOW_S
+
+
+def _counted(activity: tuple[int, int, int], amount: int, now: float) -> tuple[int, int, int]:
+    hour, count, volume = activity
+    if hour != hour_of(now):
+        return (hour_of(now), 1, amount)
+    return (hour, count + 1, volume + amount)
+
+
 def fold(
     account: Account | None,
     messages: Iterable[tuple[AccountMessage, Position]],
@@ -378,6 +404,8 @@ def fold(
         result.decided.append(step)
         if decision is Decision.APPLIED:
             result.applied.append(step)
+            if isinstance(msg, Payment) and new is not None:
+                new = replace(new, activity=_counted(new.activity, msg.amount, now))
         if new is None:  # no record yet: one that only remembers this decision
             new = Account(msg.account_id, "", "", AccountStatus.ABSENT)
         mark = Mark(msg.dedup_key, decision, reason, position)

@@ -1,10 +1,10 @@
 """The changelog-backed tables. Keys are raw bytes (the message key); values are JSON objects.
 
-- accounts: account id -> account record (balance, status, dedup marks): the source of truth.
+- accounts: account id -> account record (balance, status, dedup marks, this hour's activity):
+  the source of truth.
 - archive: "<account id>/<seq>" -> a segment of archived dedup marks (the long-horizon dedup
   store, expired after `Limits.archive_horizon_s`).
 - transfers: transfer id -> status and reason.
-- activity: account id -> {count, volume} of applied payments, in tumbling one-hour windows.
 
 Every table is partitioned like the topic that writes it, so a key's state lives with the
 partition its messages arrive on.
@@ -13,12 +13,9 @@ partition its messages arrive on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import faust
-
-ACTIVITY_WINDOW_S = 3600
 
 # RocksDB sizes per partition database (Faust's defaults are 64 MiB write buffers, three of
 # them, and a 2 GiB block cache, for each of tables x partitions databases: hundreds of MB of
@@ -35,7 +32,6 @@ class LedgerTables:
     accounts: Any
     archive: Any
     transfers: Any
-    activity: Any
 
 
 def define_tables(app: faust.App, partitions: int) -> LedgerTables:
@@ -48,16 +44,8 @@ def define_tables(app: faust.App, partitions: int) -> LedgerTables:
             **options,
         )
 
-    activity = app.Table(
-        "activity",
-        default=lambda: {"count": 0, "volume": 0},
-        schema=faust.Schema(key_serializer="json", value_serializer="json"),
-        partitions=partitions,
-        options=ROCKSDB_OPTIONS,
-    ).tumbling(ACTIVITY_WINDOW_S, expires=timedelta(hours=25))
     return LedgerTables(
         accounts=table("accounts"),
         archive=table("archive"),
         transfers=table("transfers"),
-        activity=activity.relative_to_stream(),
     )

@@ -66,8 +66,7 @@ class TableReads:
             if account is None or not account.opened:
                 return _not_found(request, "account", account_id)
             body = account.public()
-            activity = self.tables.activity[account_id].now()
-            body["activity_this_hour"] = {"count": activity["count"], "volume": activity["volume"]}
+            body["activity_this_hour"] = account.activity_at(time.time())
             return web.Response(body=orjson.dumps(body), content_type="application/json")
 
         return await self._routed(self.tables.accounts, account_id, request, local)

@@ -22,7 +22,6 @@ _SITE = re.compile(r".*/site-packages/")
 
 # (component, frame patterns): a sample goes to the first rule with a pattern in its stack.
 ATLAS_COMPONENTS: list[tuple[str, tuple[str, ...]]] = [
-    ("ledger: activity table (windowed; read + write)", ("_record_activity (streams/ledger",)),
     ("ledger: accounts/archive table writes", ("ManagedUserDict.__setitem__", "Store._set")),
     (
         "ledger: account read (RocksDB get, JSON, from_json)",

@@ -662,3 +662,15 @@ def test_crashes_replays_and_resends_give_the_reference_balance(seed: int) -> No
     assert crashes > 3 and replayed > 3
     assert DUPLICATE in expected_status
     assert account.next_seq > 3, "the archive was never used"
+
+
+def test_activity_counts_applied_payments_per_hour_and_rolls_over() -> None:
+    ledger = Ledger(opened(balance=1000))
+    hour = 3600 * 500_000
+    ledger.fold([(deposit("a1", 100), at(1)), (deposit("a2", 50), at(2))], now=hour + 10)
+    ledger.fold([(deposit("a2", 50), at(2))], now=hour + 20)  # a replay: not counted again
+    assert ledger.state.activity_at(hour + 30) == {"count": 2, "volume": 150}
+    ledger.fold([(pay("w1", WITHDRAWAL, 70), at(3))], now=hour + 3600 + 5)  # the next hour
+    assert ledger.state.activity_at(hour + 3600 + 6) == {"count": 1, "volume": 70}
+    assert ledger.state.activity_at(hour + 7200 + 1) == {"count": 0, "volume": 0}
+    assert Account.from_json(ledger.state.to_json()) == ledger.state  # kept in the record
