@@ -94,6 +94,11 @@ class AtlasApp(faust.App):
         self.transfers = TransfersProcessor(self.ledger_tables)
         install_agents(self, settings, self.topics_, self.ledger, self.transfers)
 
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        # Recovery may rewrite the tables under the ledger's cache of decoded records.
+        self.ledger.forget()
+
     def is_committed(self, position: Position) -> bool:
         """Whether the group's committed offset has moved past `position`."""
         committed: dict[TP, int] = getattr(self.consumer, "committed", {})

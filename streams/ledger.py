@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams import wire
@@ -62,6 +62,18 @@ class LedgerProcessor:
     partitions: int
     is_committed: Callable[[Position], bool]
     clock: Callable[[], float] = time.time
+    # Decoded records of the accounts this worker processes, as it last wrote or read them.
+    # The store changes under the cache only by changelog recovery, which happens only in a
+    # rebalance: `forget` is called when one starts (AtlasApp.on_rebalance_start).
+    # Archive segments are cached the same way (they are written once, rewritten unchanged
+    # while pending, and deleted when they expire).
+    cache_size: int = 100_000
+    _cache: dict[str, Account] = field(default_factory=dict, init=False, repr=False)
+    _segments: dict[bytes, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def forget(self) -> None:
+        self._cache.clear()
+        self._segments.clear()
 
     def _decoder(self, topic: str) -> Callable[[bytes | None, bytes | None], AccountMessage]:
         return (
@@ -106,11 +118,20 @@ class LedgerProcessor:
     ) -> None:
         accounts, archive = self.tables.accounts, self.tables.archive
         key = account_id.encode()
-        raw = accounts.get(key)
-        account = Account.from_json(raw) if raw is not None else None
+        account = self._cache.get(account_id)
+        if account is None:
+            raw = accounts.get(key)
+            account = Account.from_json(raw) if raw is not None else None
+
+        segments = self._segments
 
         def archived(acc: str, seq: int) -> Any:
-            return archive.get(archive_key(acc, seq).encode())
+            segment_key = archive_key(acc, seq).encode()
+            if segment_key in segments:
+                return segments[segment_key]
+            segment = archive.get(segment_key)
+            _bounded_put(segments, segment_key, segment, self.cache_size)
+            return segment
 
         result = fold(
             account,
@@ -127,12 +148,14 @@ class LedgerProcessor:
         with current_event(items[-1][2]):
             if result.account is not None:
                 accounts[key] = result.account.to_json()
+                self._remember(account_id, result.account)
             for seq, segment in result.archive_writes.items():
                 segment_key = archive_key(account_id, seq).encode()
                 if segment is None:
                     archive.pop(segment_key, None)
                 else:
                     archive[segment_key] = segment
+                _bounded_put(segments, segment_key, segment, self.cache_size)
         # 2. effects, after the state they follow from.
         # One step per message, in order (`fold`): what a message causes carries its trace.
         for (_, _, event), step in zip(items, result.steps, strict=True):
@@ -146,6 +169,9 @@ class LedgerProcessor:
                 else:
                     self.send(effect, headers)
         count_business(result)
+
+    def _remember(self, account_id: str, account: Account) -> None:
+        _bounded_put(self._cache, account_id, account, self.cache_size)
 
     def send(self, effect: Effect, headers: list[tuple[str, bytes]] | None = None) -> None:
         topics = self.topics
@@ -227,3 +253,11 @@ def count_business(result: BatchResult) -> None:
                 TRANSFERS.labels(effect.status.value).inc()
                 if effect.status is TransferStatus.COMPLETED:
                     MONEY_MOVED.labels(effect.currency, "transfer").inc(effect.amount)
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Insert as the newest entry; drop the oldest beyond `size`."""
+    cache.pop(key, None)
+    cache[key] = value
+    if len(cache) > size:
+        del cache[next(iter(cache))]

@@ -31,7 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -585,3 +585,18 @@ async def test_the_transfers_agent_skips_an_undecodable_event(transfers: Harness
     )
     assert transfers.agent.crash_reason is None
     assert transfers.app.ledger_tables.transfers.get(b"tr-1")["status"] == "debited"
+
+
+async def test_decoded_records_are_cached_until_a_rebalance_starts(ledger: Harness) -> None:
+    t = ledger.topics
+    await ledger.run((t.commands, b"acc-1", open_account()), (t.payments, b"acc-1", payment("e1")))
+    account = ledger.account("acc-1")
+    assert account is not None and account.balance == 100
+    # What changelog recovery does in a rebalance: the store changes under the agent.
+    recovered = replace(account, balance=5000, version=account.version + 1)
+    ledger.app.ledger_tables.accounts.data[b"acc-1"] = recovered.to_json()
+    with mock.patch.object(faust.App, "on_rebalance_start"):
+        ledger.app.on_rebalance_start()  # the worker's override: the cache is dropped
+    await ledger.run((t.payments, b"acc-1", payment("e2")))
+    after = ledger.account("acc-1")
+    assert after is not None and after.balance == 5100  # read from the store, not the cache
