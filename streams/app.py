@@ -19,6 +19,7 @@ from mode import ServiceT
 from streams import kafka
 from streams.agents import install_agents
 from streams.backlog import OutboxBacklog
+from streams.census import AccountCensus
 from streams.lag import LagMonitor
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
@@ -92,6 +93,12 @@ class AtlasApp(faust.App):
             self.ledger_tables, self.topics_, limits, partitions, self.is_committed
         )
         self.transfers = TransfersProcessor(self.ledger_tables)
+        self.census = AccountCensus(
+            lambda: self.ledger_tables.accounts.values(),
+            lambda: self.tables.actives_ready and not self.rebalancing,
+            settings.census_interval_s,
+            beacon=self.beacon,
+        )
         install_agents(self, settings, self.topics_, self.ledger, self.transfers)
 
     def on_rebalance_start(self) -> None:
@@ -111,6 +118,7 @@ class AtlasApp(faust.App):
             self.resources,
             self.backlog,
             self.lag_monitor,
+            self.census,
             TopicDeclarer(self.topics_, beacon=self.beacon),
             self.relay,  # last: it stops first
         ]

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     outbox_backlog_poll_s: float = Field(default=1.0, gt=0)
     # How often each worker reads its group's committed and end offsets (streams/lag.py).
     lag_poll_s: float = Field(default=5.0, gt=0)
+    # How often each worker counts the accounts of its partitions (streams/census.py).
+    census_interval_s: float = Field(default=30.0, gt=0)
     # Other consumer groups of the same source topics to watch too (comma-separated), e.g. the
     # group of a deployment being replaced; each gets the same metrics and `?group=` on the API.
     lag_watch_groups: str = ""

@@ -44,7 +44,11 @@ def problem(r: Response, status: int, slug: str) -> None:
 
 def test_writes_flow_through_the_outbox_into_the_ledger(spawn_worker: Spawn, api_key: str) -> None:
     prefix = f"w{uuid.uuid4().hex[:8]}."
-    worker = spawn_worker(ATLAS_TOPIC_PREFIX=prefix, ATLAS_APP_NAME=f"atlas-{prefix[:-1]}")
+    worker = spawn_worker(
+        ATLAS_TOPIC_PREFIX=prefix,
+        ATLAS_APP_NAME=f"atlas-{prefix[:-1]}",
+        ATLAS_CENSUS_INTERVAL_S="0.5",
+    )
     worker.wait_ready()
 
     opened = [
@@ -93,6 +97,19 @@ def test_writes_flow_through_the_outbox_into_the_ledger(spawn_worker: Spawn, api
     )
     assert again.status == 202 and again.json() == t.json()
     assert again.headers["Idempotent-Replayed"] == "true"
+
+    # Business metrics: the two accounts are counted open, the transfer as rejected.
+    def sample(name: str) -> float | None:
+        for line in worker.get("/metrics").body.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    wait_until(
+        lambda: sample('atlas_accounts{status="open"}') == 2, 15, what="two accounts counted open"
+    )
+    assert sample("atlas_accounts_opened_total") == 2
+    assert sample('atlas_transfers_total{status="rejected"}') == 1
 
 
 def test_refusals_are_problem_json(spawn_worker: Spawn, api_key: str) -> None:
