@@ -398,6 +398,7 @@ def operations(assets: Iterable[str] = ()) -> list[Operation]:
             "operations",
             {
                 200: _read(ConsumerLag, "consumer lag"),
+                400: _problem("A query parameter other than `group` (`invalid-query`)."),
                 404: _problem("The worker does not watch that group (`group-not-watched`)."),
                 **_V1_REFUSALS,
             },

@@ -15,6 +15,14 @@ from web.problems import problem_response
 
 def install_lag(router: web.UrlDispatcher, monitor: LagMonitor) -> None:
     async def get_lag(request: web.Request) -> web.Response:
+        unknown = set(request.query) - {"group"}
+        if unknown:
+            return problem_response(
+                400,
+                slug="invalid-query",
+                detail=f"unknown query parameters: {', '.join(sorted(unknown))}",
+                instance=request.path,
+            )
         group = request.query.get("group", monitor.group)
         if group not in monitor.groups:
             return problem_response(

@@ -22,8 +22,8 @@ from tests.integration.processes import (
     run_service_script,
     wait_until,
 )
+from tests.integration.test_writes import fresh_client
 from web import migrate
-from web.auth import create_client
 
 pytestmark = pytest.mark.integration
 
@@ -168,14 +168,7 @@ def test_writes_under_load_get_503_while_postgres_is_down_and_nothing_accepted_i
 ) -> None:
     postgres, url = own_postgres
 
-    async def make_key() -> str:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            return (await create_client(conn, "outage-client"))[1]
-        finally:
-            await conn.close()
-
-    key = asyncio.run(make_key())
+    key = asyncio.run(fresh_client(url))
     deadline_s = 3.0
     worker = spawn_worker(
         DATABASE_URL=url, ATLAS_REQUEST_DEADLINE_S=str(deadline_s), ATLAS_BREAKER_RESET_S="2"

@@ -149,14 +149,7 @@ def test_refusals_are_problem_json(spawn_worker: Spawn, api_key: str) -> None:
 
 
 def test_a_client_over_its_rate_gets_429(spawn_worker: Spawn, database_url: str) -> None:
-    async def make() -> str:
-        conn = await asyncpg.connect(database_url, timeout=10)
-        try:
-            return (await create_client(conn, f"limited-{uuid.uuid4().hex[:8]}"))[1]
-        finally:
-            await conn.close()
-
-    key = asyncio.run(make())
+    key = asyncio.run(fresh_client(database_url))
     worker = spawn_worker(ATLAS_RATE_LIMIT_PER_S="0.2", ATLAS_RATE_LIMIT_BURST="3")
     worker.wait_ready()
     answers = [authed_get(worker, "/v1/accounts/nobody", key) for _ in range(4)]
@@ -167,7 +160,7 @@ def test_a_client_over_its_rate_gets_429(spawn_worker: Spawn, database_url: str)
     assert answers[0].headers["RateLimit-Limit"] == "3"
 
 
-async def _fresh_client(url: str) -> str:
+async def fresh_client(url: str) -> str:
     conn = await asyncpg.connect(url, timeout=10)
     try:
         return (await create_client(conn, f"c-{uuid.uuid4().hex[:8]}"))[1]
@@ -179,7 +172,7 @@ def test_oversized_bodies_get_413_and_slow_writes_504_and_a_retry_settles_once(
     spawn_worker: Spawn, make_database: Callable[[bool], str]
 ) -> None:
     url = make_database(True)
-    key = asyncio.run(_fresh_client(url))
+    key = asyncio.run(fresh_client(url))
     worker = spawn_worker(
         DATABASE_URL=url,
         ATLAS_MAX_BODY_BYTES="2048",
@@ -240,7 +233,7 @@ def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
     spawn_worker: Spawn, make_database: Callable[[bool], str]
 ) -> None:
     url = make_database(True)
-    key = asyncio.run(_fresh_client(url))
+    key = asyncio.run(fresh_client(url))
 
     async def hold_relay_lock() -> asyncpg.Connection:
         # While the test holds the relay's lock, no relay leads: nothing is published.
