@@ -22,7 +22,7 @@ import pytest
 from tests.integration.processes import WorkerProcess, http, wait_until
 from tests.integration.stack import Stack
 from tests.integration.test_tracing import post
-from tests.integration.test_writes import _fresh_client, authed_get
+from tests.integration.test_writes import authed_get, fresh_client
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
@@ -76,7 +76,7 @@ def test_secrets_never_reach_the_log(
         db_url = with_password(db_url, *role)
     db_password = urlsplit(db_url).password or ""
     # The API client lives in the session database; this worker needs one in its own.
-    key = asyncio.run(_fresh_client(db_url))
+    key = asyncio.run(fresh_client(db_url))
     redis_password = "redis-" + secrets.token_urlsafe(18)
     redis_url = with_password(stack.redis_url, "default", redis_password)
     wrong_key = "atl_" + secrets.token_urlsafe(32)
