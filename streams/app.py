@@ -40,7 +40,7 @@ from web.middleware import MIDDLEWARES, deadline_middleware
 from web.ops import install_lag
 from web.ops_page import install_ops_page
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
-from web.reads import TableReads
+from web.reads import TableReads, outbox_pending_transfers
 from web.tracing import tracing_middleware
 from web.writes import WriteViews
 
@@ -143,7 +143,10 @@ class AtlasApp(faust.App):
         web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
         web.web_app.middlewares.append(rate_limit_middleware(self.limiter, _client_key))
         server.install(web.web_app, checks, VERSION)
-        TableReads(self).install(web.web_app.router)
+        pending = outbox_pending_transfers(
+            lambda: self.resources.pg, self.resources.breakers, self.settings.postgres_timeout_s
+        )
+        TableReads(self, pending).install(web.web_app.router)
         WriteViews(
             self.settings,
             lambda: self.resources.pg,

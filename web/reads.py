@@ -3,6 +3,10 @@
 A key's state lives on the worker that owns its partition. A request that lands elsewhere is
 proxied to the owner (Faust's router, by the murmur2 partition of the key); the owner answers
 from its local table. `?wait=N` on a transfer long-polls, bounded, until its status is final.
+
+A transfer that was accepted (202) but is not in the table yet reads as `pending`, from its
+command in the outbox: following the 202's Location never meets a 404 for a transfer that
+exists.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from aiohttp import web
 from faust.exceptions import SameNode
 from faust.web.exceptions import ServiceUnavailable
 
+from streams.resilience import TRANSIENT_ERRORS, BreakerOpen, Breakers
+from tables.errors import DependencyUnavailable
 from tables.ledger import Account
 from tables.messages import TransferStatus
 from web.problems import problem_response
@@ -26,11 +32,53 @@ from web.problems import problem_response
 MAX_WAIT_S = 30.0
 _POLL_S = 0.1
 
+PendingLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+_CANNOT_TELL: tuple[type[Exception], ...] = (BreakerOpen, DependencyUnavailable, *TRANSIENT_ERRORS)
+
+_PENDING_TRANSFER = """
+SELECT payload FROM outbox
+WHERE event_type = 'RequestTransfer' AND payload->>'transfer_id' = $1
+LIMIT 1
+"""
+
+
+def outbox_pending_transfers(
+    pool: Callable[[], Any], breakers: Breakers, timeout_s: float
+) -> PendingLookup:
+    """A transfer accepted but not applied yet, from its command in the outbox (or None)."""
+
+    async def lookup(transfer_id: str) -> dict[str, Any] | None:
+        current = pool()
+        if current is None:
+            raise DependencyUnavailable("PostgreSQL pool not started")
+
+        async def query() -> Any:
+            async with current.acquire(timeout=timeout_s) as conn:
+                return await conn.fetchval(_PENDING_TRANSFER, transfer_id, timeout=timeout_s)
+
+        payload = await breakers.call("postgres", query)
+        if payload is None:
+            return None
+        command = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
+        return {
+            "transfer_id": transfer_id,
+            "status": TransferStatus.PENDING.value,
+            "reason": None,
+            **{k: command[k] for k in ("from_account", "to_account", "amount", "currency")},
+        }
+
+    return lookup
+
+
+async def _nothing_pending(transfer_id: str) -> dict[str, Any] | None:
+    return None
+
 
 class TableReads:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, pending: PendingLookup = _nothing_pending) -> None:
         self.app = app
         self.tables = app.ledger_tables
+        self.pending = pending
 
     def install(self, router: web.UrlDispatcher) -> None:
         router.add_get("/v1/accounts/{account_id}", self.get_account)
@@ -94,6 +142,11 @@ class TableReads:
                 if final or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(_POLL_S)
+            if record is None:
+                try:
+                    record = await self.pending(transfer_id)
+                except _CANNOT_TELL:
+                    return _unavailable(request, "the outbox cannot be read to tell")
             if record is None:
                 return _not_found(request, "transfer", transfer_id)
             return web.Response(body=orjson.dumps(record), content_type="application/json")

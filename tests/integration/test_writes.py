@@ -279,3 +279,43 @@ def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
     # The relay leads again, drains the outbox, and writes are taken again.
     wait_until(lambda: open_account(3).status == 202, timeout=20, what="202 after the drain")
     assert worker.get("/health").json()["checks"]["outbox:backlog"][0]["status"] == "pass"
+
+
+def test_an_accepted_transfer_reads_as_pending_until_the_ledger_applies_it(
+    spawn_worker: Spawn, make_database: Callable[[bool], str]
+) -> None:
+    url = make_database(True)
+    key = asyncio.run(fresh_client(url))
+
+    async def hold_relay_lock() -> asyncpg.Connection:
+        conn = await asyncpg.connect(url, timeout=10)
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
+        return conn
+
+    loop = asyncio.new_event_loop()
+    holder = loop.run_until_complete(hold_relay_lock())  # nothing is published meanwhile
+    try:
+        worker = spawn_worker(DATABASE_URL=url)
+        worker.wait_ready()
+        body = {"from_account": "p-1", "to_account": "p-2", "amount": 7, "currency": "EUR"}
+        accepted = post(worker, "/v1/transfers", body, key, "pending-1")
+        assert accepted.status == 202, accepted.body
+        transfer_id = accepted.json()["transfer_id"]
+        pending = authed_get(worker, accepted.headers["Location"], key)
+        assert pending.status == 200, pending.body
+        assert pending.json() == {
+            "transfer_id": transfer_id,
+            "status": "pending",
+            "reason": None,
+            **body,
+        }
+        missing = authed_get(worker, f"/v1/transfers/{uuid.uuid4()}", key)
+        problem(missing, 404, "transfer-not-found")
+    finally:
+        loop.run_until_complete(holder.close())
+        loop.close()
+
+    # The relay publishes it; the ledger rejects it (the accounts do not exist): final status.
+    final = authed_get(worker, f"/v1/transfers/{transfer_id}?wait=25", key)
+    assert final.status == 200, final.body
+    assert final.json()["status"] == "rejected"
