@@ -76,7 +76,7 @@ test-integration: venv dev-up ## Integration tests on the real stack
 test-cov: venv dev-up ## Every tier with a coverage report
 	$(PYTEST) --cov=streams --cov=tables --cov=web --cov-report=term-missing tests
 
-bench-streams: venv dev-up ## Payments throughput: Atlas vs raw aiokafka vs Quix Streams (ARGS="--events 20000")
+bench-streams: venv dev-up migrate ## Payments throughput: Atlas vs raw aiokafka vs Quix Streams (ARGS="--events 20000")
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.bench.bench_streams $(ARGS)
 

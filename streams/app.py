@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
@@ -165,6 +166,21 @@ class AtlasApp(faust.App):
     async def on_started(self) -> None:
         await super().on_started()
         reset_root_level(self.settings.log_level)
+        tune_gc(self.settings.gc_threshold)
+
+
+def tune_gc(threshold: int) -> None:
+    """Fewer, cheaper garbage collections once the worker is up (0 keeps Python's defaults).
+
+    Everything alive at start-up (modules, the app, its services) is moved out of the
+    collector's sight (`gc.freeze`), and the youngest generation is collected every
+    `threshold` allocations instead of 700. Measured with make bench-http: full collections
+    of a worker's heap were the 100-200 ms pauses behind its p99.
+    """
+    if threshold <= 0:
+        return
+    gc.freeze()
+    gc.set_threshold(threshold, 50, 100)
 
 
 _INSTALLED = aiohttp.web.AppKey("atlas_installed", bool)

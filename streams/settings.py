@@ -69,6 +69,9 @@ class Settings(BaseSettings):
 
     # The worker's event loop: uvloop cuts the per-request and per-message scheduling cost.
     event_loop: Literal["uvloop", "aio"] = "uvloop"
+    # Allocations between two collections of the youngest generation once the worker is up
+    # (Python's default is 700); 0 leaves the collector as Python sets it. See app.tune_gc.
+    gc_threshold: int = Field(default=50_000, ge=0)
 
     # Backpressure on the write path: a request's whole budget (problem+json 504 past it), the
     # largest body accepted (413 past it), and the unpublished-outbox size past which writes

@@ -75,3 +75,20 @@ def test_env_sample_documents_every_setting() -> None:
         alias = field.validation_alias
         names = set(alias.choices) if alias is not None else {f"ATLAS_{name.upper()}"}  # type: ignore[union-attr]
         assert names & documented, f"{name} is not documented in .env.sample"
+
+
+def test_gc_tuning_freezes_start_up_objects_and_raises_the_threshold() -> None:
+    import gc
+
+    from streams.app import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before  # 0: Python's defaults stay
+        tune_gc(50_000)
+        assert gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
