@@ -6,7 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
@@ -229,21 +230,31 @@ async def _count(url: str, sql: str) -> int:
         await conn.close()
 
 
+@contextmanager
+def relay_held(url: str) -> Iterator[None]:
+    """While held, the relay's advisory lock is ours: no relay leads, nothing is published."""
+
+    async def take() -> asyncpg.Connection:
+        conn = await asyncpg.connect(url, timeout=10)
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
+        return conn
+
+    loop = asyncio.new_event_loop()
+    holder = loop.run_until_complete(take())
+    try:
+        yield
+    finally:
+        loop.run_until_complete(holder.close())
+        loop.close()
+
+
 def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
     spawn_worker: Spawn, make_database: Callable[[bool], str]
 ) -> None:
     url = make_database(True)
     key = asyncio.run(fresh_client(url))
 
-    async def hold_relay_lock() -> asyncpg.Connection:
-        # While the test holds the relay's lock, no relay leads: nothing is published.
-        conn = await asyncpg.connect(url, timeout=10)
-        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
-        return conn
-
-    loop = asyncio.new_event_loop()
-    holder = loop.run_until_complete(hold_relay_lock())
-    try:
+    with relay_held(url):
         worker = spawn_worker(
             DATABASE_URL=url, ATLAS_OUTBOX_BACKLOG_LIMIT="3", ATLAS_OUTBOX_BACKLOG_POLL_S="0.2"
         )
@@ -272,9 +283,6 @@ def test_writes_get_503_while_the_outbox_backlog_is_over_its_limit(
             if line.startswith("atlas_outbox_oldest_unpublished_age_seconds ")
         ]
         assert age and float(age[0].split()[1]) > 0, age
-    finally:
-        loop.run_until_complete(holder.close())
-        loop.close()
 
     # The relay leads again, drains the outbox, and writes are taken again.
     wait_until(lambda: open_account(3).status == 202, timeout=20, what="202 after the drain")
@@ -287,14 +295,7 @@ def test_an_accepted_transfer_reads_as_pending_until_the_ledger_applies_it(
     url = make_database(True)
     key = asyncio.run(fresh_client(url))
 
-    async def hold_relay_lock() -> asyncpg.Connection:
-        conn = await asyncpg.connect(url, timeout=10)
-        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID)
-        return conn
-
-    loop = asyncio.new_event_loop()
-    holder = loop.run_until_complete(hold_relay_lock())  # nothing is published meanwhile
-    try:
+    with relay_held(url):  # nothing is published meanwhile
         worker = spawn_worker(DATABASE_URL=url)
         worker.wait_ready()
         body = {"from_account": "p-1", "to_account": "p-2", "amount": 7, "currency": "EUR"}
@@ -311,9 +312,6 @@ def test_an_accepted_transfer_reads_as_pending_until_the_ledger_applies_it(
         }
         missing = authed_get(worker, f"/v1/transfers/{uuid.uuid4()}", key)
         problem(missing, 404, "transfer-not-found")
-    finally:
-        loop.run_until_complete(holder.close())
-        loop.close()
 
     # The relay publishes it; the ledger rejects it (the accounts do not exist): final status.
     final = authed_get(worker, f"/v1/transfers/{transfer_id}?wait=25", key)
