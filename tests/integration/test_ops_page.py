@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import uuid
@@ -25,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams import topics
 from tests.integration.processes import WorkerProcess, http, wait_until
+from tests.tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def chromium_binary() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        message = "chromium is not installed (Debian package `chromium`, infra/system-deps.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require("chromium", "chromium")
 
 
 def run_chromium(binary: str, profile: Path, *args: str, timeout: float = 90) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.integration.processes import WorkerProcess
+from tests.tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,7 @@ def test_metrics_record_red_by_route_template_and_pass_promtool(worker: WorkerPr
     assert (
         'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/health/live"}' in text
     )
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool missing: run `make system-deps` (Debian package prometheus)"
+    promtool = require("promtool", "prometheus")
     check = subprocess.run(
         [promtool, "check", "metrics"], input=r.body, capture_output=True, timeout=30, check=False
     )

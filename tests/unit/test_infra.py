@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from tests.promql import (
     panels,
     with_grafana_defaults,
 )
+from tests.tools import require
 
 INFRA = REPO_ROOT / "infra"
 K8S = INFRA / "k8s"
@@ -44,14 +43,7 @@ def load_all(path: Path) -> list[Any]:
 
 
 def promtool() -> str:
-    """promtool from Debian's `prometheus` package; in CI its absence fails the test."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    message = "promtool missing: run `make system-deps` (Debian package prometheus)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    return require("promtool", "prometheus")
 
 
 def run_promtool(*args: str, cwd: Path = REPO_ROOT) -> None:
@@ -274,17 +266,6 @@ def test_kustomization_lists_every_manifest() -> None:
     }
 
 
-def test_kustomize_builds_the_manifests() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return  # the structural tests here cover the manifests without it
-    done = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert {d["kind"] for d in yaml.safe_load_all(done.stdout)} >= {"Deployment", "Job"}
-
-
 def test_no_secret_values_are_committed() -> None:
     assert "Secret" not in k8s_objects()
     config = only("ConfigMap")["data"]
@@ -402,25 +383,6 @@ def test_compose_refers_to_files_that_exist() -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (INFRA / source).exists(), f"{name}: {source}"
-
-
-def test_compose_config_is_valid_for_docker_compose() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        return  # the two tests above check the file without Docker
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, timeout=30, check=False
-    )
-    if probe.returncode != 0:
-        return  # no compose plugin on this machine
-    done = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--profile", "full", "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def test_dockerfile_builds_a_non_root_worker_image() -> None:
