@@ -10,7 +10,6 @@ committed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import orjson
 from prometheus_client import Histogram
 
 from streams.relay import CHANNEL as NOTIFY_CHANNEL
+from web.coalesce import Coalescer
 from web.metrics import REGISTRY
 
 WRITE_BATCH = Histogram(
@@ -300,50 +300,19 @@ class GroupCommit:
     ) -> None:
         self._pool = pool
         self.retention_s, self.timeout_s, self.busy_wait_s = retention_s, timeout_s, busy_wait_s
-        self.max_batch, self.concurrency = max_batch, concurrency
-        self._queue: list[tuple[Pending, asyncio.Future[Result]]] = []
-        self._running = 0
-        self._drainers: set[asyncio.Task[None]] = set()
+        self._coalescer: Coalescer[Pending, Result] = Coalescer(
+            self._commit, max_batch=max_batch, concurrency=concurrency
+        )
         self.transactions = 0  # batches committed or failed, for tests and the benchmark
 
     async def submit(self, pending: Pending) -> Result:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((pending, future))
-        if self._running < self.concurrency:
-            self._running += 1
-            drainer = asyncio.ensure_future(self._drain())
-            self._drainers.add(drainer)
-            drainer.add_done_callback(self._drainers.discard)
-        return await future
+        return await self._coalescer.submit(pending)
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                taken, self._queue = (
-                    self._queue[: self.max_batch],
-                    self._queue[self.max_batch :],
-                )
-                taken = [(p, f) for p, f in taken if not f.done()]  # cancelled by the caller
-                if taken:
-                    await self._commit(taken)
-        finally:
-            self._running -= 1
-
-    async def _commit(self, taken: list[tuple[Pending, asyncio.Future[Result]]]) -> None:
+    async def _commit(self, batch: list[Pending]) -> list[Result | Exception]:
         pool = self._pool()
-        try:
-            if pool is None:
-                raise OSError("PostgreSQL pool not started")
-            outcomes = await self._run(pool, [p for p, _ in taken], alone=len(taken) == 1)
-        except Exception as exc:
-            outcomes = [exc] * len(taken)
-        for (_, future), outcome in zip(taken, outcomes, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+        if pool is None:
+            raise OSError("PostgreSQL pool not started")
+        return await self._run(pool, batch, alone=len(batch) == 1)
 
     async def _run(
         self, pool: asyncpg.Pool, batch: list[Pending], alone: bool

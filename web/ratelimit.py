@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from streams.resilience import BreakerOpen, Breakers
+from web.coalesce import Coalescer
 from web.metrics import REGISTRY
 from web.problems import problem_response
 
@@ -48,22 +49,33 @@ REDIS_ERRORS = Counter(
     registry=REGISTRY,
 )
 
-# KEYS[1] the client's TAT key; ARGV: emission interval (ms), burst tolerance (ms).
-# Redis's own clock, so every worker measures time the same way.
+# KEYS: one TAT key per request (a client may appear more than once, in arrival order);
+# ARGV: emission interval (ms), burst tolerance (ms). Returns three numbers per key: allowed,
+# wait (ms), remaining. Redis's own clock, so every worker measures time the same way.
+# (On Redis Cluster the keys of one call would need a common hash tag.)
 GCRA_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, allow_at - now, 0}
+local out = {}
+for _, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local allow_at = tat - tolerance
+  if now < allow_at then
+    out[#out + 1] = 0
+    out[#out + 1] = allow_at - now
+    out[#out + 1] = 0
+  else
+    local new_tat = tat + interval
+    redis.call('SET', key, new_tat, 'PX', math.ceil(new_tat - now + interval))
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    out[#out + 1] = math.floor((tolerance - (new_tat - now)) / interval) + 1
+  end
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + interval))
-return {1, 0, math.floor((tolerance - (new_tat - now)) / interval) + 1}
+return out
 """
 
 
@@ -118,7 +130,12 @@ class LocalLimiter:
 
 
 class RateLimiter:
-    """GCRA in Redis through Redis's circuit breaker; the local limiter while it is open."""
+    """GCRA in Redis through Redis's circuit breaker; the local limiter while it is open.
+
+    Concurrent checks share one script call (`web.coalesce`): under load the Redis round trip
+    is paid once per batch, not once per request. A batch Redis does not answer is decided
+    by the local limiter, request by request.
+    """
 
     def __init__(
         self,
@@ -127,41 +144,53 @@ class RateLimiter:
         timeout_s: float,
         breakers: Breakers | None = None,
         prefix: str = "atlas:rl:",
+        max_batch: int = 256,
     ) -> None:
         self._redis, self.rate, self.timeout_s, self.prefix = redis, rate, timeout_s, prefix
         self.breakers = breakers or Breakers()
         self.local = LocalLimiter(rate)
         self.redis_ok = True
+        self._batches: Coalescer[str, Decision] = Coalescer(
+            self._check_batch, max_batch=max_batch, concurrency=2
+        )
 
     async def check(self, client: str) -> Decision:
+        if self._redis() is None:
+            LIMITER_FALLBACKS.inc()
+            return self.local.check(client)
+        return await self._batches.submit(client)
+
+    async def _check_batch(self, clients: list[str]) -> list[Decision | Exception]:
         redis = self._redis()
         if redis is not None:
 
             async def in_redis() -> Any:
+                keys = [self.prefix + client for client in clients]
                 return await asyncio.wait_for(
                     redis.eval(
-                        GCRA_LUA,
-                        1,
-                        self.prefix + client,
-                        self.rate.interval_ms,
-                        self.rate.tolerance_ms,
+                        GCRA_LUA, len(keys), *keys, self.rate.interval_ms, self.rate.tolerance_ms
                     ),
                     self.timeout_s,
                 )
 
             started = time.perf_counter()
             try:
-                allowed, wait_ms, remaining = await self.breakers.call("redis", in_redis)
+                flat = await self.breakers.call("redis", in_redis)
                 REDIS_DURATION.labels("rate_limit").observe(time.perf_counter() - started)
                 self.redis_ok = True
-                return Decision(bool(allowed), float(wait_ms) / 1000.0, int(remaining), "redis")
+                return [
+                    Decision(bool(allowed), float(wait_ms) / 1000.0, int(remaining), "redis")
+                    for allowed, wait_ms, remaining in zip(
+                        flat[0::3], flat[1::3], flat[2::3], strict=True
+                    )
+                ]
             except BreakerOpen:  # not asked: the breaker stands in for Redis
                 self.redis_ok = False
             except Exception:  # down or slow: decide here instead
                 REDIS_ERRORS.labels("rate_limit").inc()
                 self.redis_ok = False
-        LIMITER_FALLBACKS.inc()
-        return self.local.check(client)
+        LIMITER_FALLBACKS.inc(len(clients))
+        return [self.local.check(client) for client in clients]
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -12,10 +12,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio
 
 from streams.relay import RELAY_LOCK_ID
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
+from tests.integration.stack import Stack
 from web.auth import create_client
+from web.ratelimit import Rate, RateLimiter
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
@@ -317,3 +320,35 @@ def test_an_accepted_transfer_reads_as_pending_until_the_ledger_applies_it(
     final = authed_get(worker, f"/v1/transfers/{transfer_id}?wait=25", key)
     assert final.status == 200, final.body
     assert final.json()["status"] == "rejected"
+
+
+async def test_concurrent_checks_share_redis_calls_and_spend_the_budget_exactly(
+    stack: Stack,
+) -> None:
+    client = redis.asyncio.from_url(stack.redis_url)
+    limiter = RateLimiter(
+        lambda: client, Rate(per_second=0.01, burst=5), timeout_s=2.0, prefix=f"t-{uuid.uuid4()}:"
+    )
+    calls = 0
+    original = client.eval
+
+    async def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(*args)
+
+    client.eval = counted  # type: ignore[method-assign]
+    callers = ["a"] * 12 + ["b"] * 3
+    try:
+        decisions = await asyncio.gather(*(limiter.check(c) for c in callers))
+    finally:
+        await client.aclose()
+    by_client = {
+        c: [d for d, who in zip(decisions, callers, strict=True) if who == c] for c in "ab"
+    }
+    assert [d.allowed for d in by_client["a"]] == [True] * 5 + [False] * 7  # in arrival order
+    assert [d.remaining for d in by_client["a"][:5]] == [4, 3, 2, 1, 0]
+    assert all(d.allowed for d in by_client["b"])
+    assert {d.limiter for d in decisions} == {"redis"}
+    assert all(d.retry_after_s > 0 for d in by_client["a"][5:])
+    assert calls == 1  # 15 checks made in one tick: one script call
