@@ -134,6 +134,8 @@ def configure_logging(level: str) -> None:
     logging.config.dictConfig(logging_config(level))
     structlog.configure(
         processors=[
+            # First: a line below its logger's level costs one level check, not a rendering.
+            structlog.stdlib.filter_by_level,
             *_SHARED_PROCESSORS,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
