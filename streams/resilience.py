@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
 import backoff
@@ -119,6 +119,7 @@ class Breakers:
         )
         self._factory.add_listener(self._on_event)
         self._breakers: dict[str, Any] = {}
+        self._retriers: dict[tuple[str, int, float, float], Any] = {}
 
     async def start(self) -> None:
         if self._breakers:
@@ -188,6 +189,16 @@ class Breakers:
         Bounded by `max_tries` and `max_time_s`; an open breaker ends the retries at once.
         """
 
+        attempt = self._retriers.get((dependency, max_tries, max_time_s, first_delay_s))
+        if attempt is None:
+            attempt = self._retrier(dependency, max_tries, max_time_s, first_delay_s)
+        return cast("T", await attempt(fn))
+
+    def _retrier(
+        self, dependency: Dependency, max_tries: int, max_time_s: float, first_delay_s: float
+    ) -> Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]:
+        """The retrying call for one policy, decorated once (not on every call)."""
+
         def on_backoff(details: Any) -> None:
             RETRIES.labels(dependency).inc()
 
@@ -201,7 +212,8 @@ class Breakers:
             on_backoff=on_backoff,
             logger=None,
         )
-        async def attempt() -> T:
+        async def attempt(fn: Callable[[], Awaitable[Any]]) -> Any:
             return await self.call(dependency, fn)
 
-        return await attempt()
+        self._retriers[(dependency, max_tries, max_time_s, first_delay_s)] = attempt
+        return attempt
