@@ -103,8 +103,8 @@ class Settings(BaseSettings):
     max_amount: int = Field(default=100_000_000_000, ge=1)
     dedup_window: int = Field(default=32, ge=1)
     dedup_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
-    batch_max: int = Field(default=1000, ge=1)
-    batch_within_s: float = Field(default=0.05, gt=0)
+    batch_max: int = Field(default=5000, ge=1)
+    batch_within_s: float = Field(default=0.1, gt=0)
     producer_linger_s: float = Field(default=0.005, ge=0)
     producer_request_timeout_s: float = Field(default=30.0, gt=0)
     # Faust table store: rocksdb:// keeps state on disk (fast restarts); memory:// replays the
