@@ -1,7 +1,7 @@
 """Payments throughput: Atlas's worker against a raw aiokafka loop and a Quix Streams app.
 
     .venv/bin/python -m tests.bench.bench_streams [--events N] [--accounts M]
-        [--duplicates 0.1] [--partitions P] [--variants atlas,raw,quix] [--timeout 900]
+        [--duplicates 0.1] [--partitions P] [--variants atlas,raw,quix,faust] [--timeout 900]
 
 One run: a fresh topic namespace (`bench-<time>-<random>.`), the payments produced once
 (`--events` unique deposits plus `--duplicates` of them re-sent later, keyed by account id),
@@ -9,7 +9,9 @@ then each variant in turn as its own subprocess, from its own new consumer group
 
 - atlas: `atlas worker` (the product's agents, RocksDB tables); see `atlas_variant.py`;
 - raw: aiokafka `getmany` + orjson decode, nothing else; see `variant_raw.py`;
-- quix: Quix Streams 3.28 with per-account state: dedup by event id, sum; see `variant_quix.py`.
+- quix: Quix Streams 3.28 with per-account state: dedup by event id, sum; see `variant_quix.py`;
+- faust: the floor of a Faust agent: Atlas's batching, the dedup and sums in a plain dict, no
+  table and no output (`variant_faust.py`); no pipeline of Faust agents can be faster.
 
 Per variant: events/s from the first to the last event handled, CPU seconds of the process
 tree (whole process, start-up included) and CPU µs per event inside that window, peak RSS
@@ -48,11 +50,12 @@ from tests.bench.workload import Workload, build, create_topics, delete_topics_c
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"
-VARIANTS = ("atlas", "raw", "quix")
+VARIANTS = ("atlas", "raw", "quix", "faust")
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 NOTES = (
     "seconds: atlas = broker timestamps of its first and last outcome record; raw = partitions "
-    "assigned to last message decoded; quix = first to last message handled. CPU s = the whole "
+    "assigned to last message decoded; quix = first to last message handled; faust = first to "
+    "last batch handled. CPU s = the whole "
     "process tree until done (start-up included); CPU µs/ev = CPU inside that window per event."
 )
 
@@ -236,7 +239,7 @@ def judge_raw(row: Row, result: VariantResult, workload: Workload) -> None:
     row.detail = "; ".join(problems) or f"decoded {result.handled} of {workload.total}"
 
 
-def judge_quix(row: Row, result: VariantResult, workload: Workload) -> None:
+def judge_dedup(row: Row, result: VariantResult, workload: Workload) -> None:
     problems = _common_problems(result, workload)
     wrong = [a for a in workload.accounts if result.sums.get(a, 0) != workload.expected[a]]
     if wrong:
@@ -302,7 +305,7 @@ def ratios(rows: list[Row]) -> dict[str, float | None]:
     by = {r.variant.split(" ")[0]: r for r in rows}
     out: dict[str, float | None] = {}
     atlas = by.get("atlas")
-    for other in ("quix", "raw"):
+    for other in ("quix", "raw", "faust"):
         o = by.get(other)
         if atlas is None or o is None:
             continue
@@ -362,7 +365,7 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
                 report["topics_deleted"] = deleted
             except Exception as exc:
                 report["topics_deleted"] = f"failed: {exc!r}"
-            for state in ("atlas-data", "quix-state"):
+            for state in ("atlas-data", "quix-state", "faust-state"):
                 shutil.rmtree(run_dir / state, ignore_errors=True)
     return report
 
@@ -446,7 +449,9 @@ async def _bench(
             else:
                 module = f"tests.bench.variant_{variant}"
                 extra_argv = (
-                    ["--state-dir", str(run_dir / "quix-state")] if variant == "quix" else []
+                    ["--state-dir", str(run_dir / f"{variant}-state")]
+                    if variant in ("quix", "faust")
+                    else []
                 )
                 row, result, _ = await run_subprocess_variant(
                     variant,
@@ -461,7 +466,7 @@ async def _bench(
                     timeout_s=args.variant_timeout,
                     extra_argv=extra_argv,
                 )
-                (judge_quix if variant == "quix" else judge_raw)(row, result, workload)
+                (judge_raw if variant == "raw" else judge_dedup)(row, result, workload)
         except BenchTimeout as exc:
             row = Row(variant, 0, None, None, None, None, None, False, f"not run: {exc}")
         report["rows"].append(asdict(row))

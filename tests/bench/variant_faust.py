@@ -1,0 +1,95 @@
+"""Variant (d): the floor of any Faust agent: delivery alone, the work done in a plain dict.
+
+One agent on the payments topic takes batches as Atlas's agents do (`take_events`, the same
+batch size and wait), decodes with orjson and keeps the seen event ids and the sums in memory:
+no table, no changelog, no output, no commit gate. What it costs per event is what Faust's
+consumer, conductor and stream cost before an agent does any work, so no pipeline built on
+Faust agents can be faster on this machine.
+
+`python -m tests.bench.variant_faust --topic T --group G --expected N --result out.json
+ --state-dir DIR`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from streams.settings import Settings
+from tests.bench.variant_common import VariantResult, hand_back, parse_args
+
+
+def run(
+    bootstrap: str, topic: str, group: str, expected: int, timeout_s: float, state_dir: Path
+) -> VariantResult:
+    result = VariantResult()
+    defaults = Settings()
+    app = faust.App(
+        group,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(state_dir),
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=defaults.producer_linger_s,
+    )
+    source = app.topic(topic, key_type=bytes, value_type=bytes, value_serializer="raw")
+    seen: set[str] = set()
+    sums = result.sums
+    deadline = time.monotonic() + timeout_s
+    stopping: list[asyncio.Future[None]] = []
+
+    @app.agent(source, concurrency=1)
+    async def payments(stream: Any) -> None:
+        logging.getLogger().setLevel(logging.WARNING)  # the worker's spinner left it at DEBUG
+        async for events in stream.take_events(defaults.batch_max, within=defaults.batch_within_s):
+            now = time.time()
+            if result.first_wall is None:
+                result.first_wall = now
+            for event in events:
+                value = orjson.loads(event.message.value)
+                event_id = value["event_id"]
+                if event_id in seen:
+                    result.duplicates += 1
+                else:
+                    seen.add(event_id)
+                    account = value["account_id"]
+                    sums[account] = sums.get(account, 0) + value["amount"]
+            result.handled += len(events)
+            result.last_wall = now
+            if result.handled >= expected or time.monotonic() > deadline:
+                result.timed_out = result.handled < expected
+                stopping.append(asyncio.ensure_future(worker.stop()))  # not awaited: it stops us
+                return
+
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    with contextlib.suppress(SystemExit):
+        worker.execute_from_commandline()
+    return result
+
+
+def main() -> None:
+    args = parse_args(__doc__ or "")
+    try:
+        result = run(
+            args.bootstrap,
+            args.topic,
+            args.group,
+            args.expected,
+            args.timeout_s,
+            args.state_dir,
+        )
+    except Exception as exc:
+        result = VariantResult(error=repr(exc))
+    hand_back(result, args.result, args.linger_s)
+
+
+if __name__ == "__main__":
+    main()
