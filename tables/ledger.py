@@ -59,15 +59,24 @@ class Mark:
     decision: Decision  # applied or rejected
     reason: str | None
     position: Position
+    # The JSON form, made once per mark (a mark never changes): every write of a record
+    # serialises all its marks, up to 2 * window of them.
+    _json: list[Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     def to_json(self) -> list[Any]:
-        p = self.position
-        return [self.key, self.decision.value, self.reason, p.topic, p.partition, p.offset]
+        if self._json is None:
+            p = self.position
+            json = [self.key, self.decision.value, self.reason, p.topic, p.partition, p.offset]
+            object.__setattr__(self, "_json", json)
+            return json
+        return self._json
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> Mark:
         key, decision, reason, topic, partition, offset = raw
-        return cls(key, Decision(decision), reason, Position(topic, partition, offset))
+        mark = cls(key, Decision(decision), reason, Position(topic, partition, offset))
+        object.__setattr__(mark, "_json", raw)
+        return mark
 
 
 @dataclass(frozen=True, slots=True)
