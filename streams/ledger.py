@@ -70,6 +70,9 @@ class LedgerProcessor:
     cache_size: int = 100_000
     _cache: dict[str, Account] = field(default_factory=dict, init=False, repr=False)
     _segments: dict[bytes, Any] = field(default_factory=dict, init=False, repr=False)
+    _home: dict[bytes, int] = field(
+        default_factory=dict, init=False, repr=False
+    )  # key -> partition
 
     def forget(self) -> None:
         self._cache.clear()
@@ -94,7 +97,10 @@ class LedgerProcessor:
             except wire.BadMessage as bad:
                 self.dead_letter(event, bad)
                 continue
-            expected = partition_for(message.key, self.partitions)
+            expected = self._home.get(message.key)
+            if expected is None:
+                expected = partition_for(message.key, self.partitions)
+                _bounded_put(self._home, message.key, expected, self.cache_size)
             if message.partition != expected:
                 self.reroute(event, expected)
                 continue
