@@ -1,7 +1,7 @@
 """HTTP write throughput: Atlas's `POST /v1/transfers` against a bare aiohttp INSERT and FastAPI.
 
     .venv/bin/python -m tests.bench.bench_http [--concurrency 16,32] [--warmup 3] [--duration 12]
-        [--servers bare,fastapi,atlas] [--timeout 900] [--keep]
+        [--servers bare,fastapi,atlas] [--timeout 900] [--keep] [--profile]
 
 Defaults can also come from BENCH_HTTP_CONCURRENCY, BENCH_HTTP_WARMUP_S, BENCH_HTTP_DURATION_S.
 
@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from streams.settings import Settings
+from tests.bench.atlas_variant import PY_SPY
 from tests.bench.http_load import WrkResult, run_wrk
 from tests.bench.http_report import Row, fmt, log_findings, ratios, render_table
 from tests.bench.http_servers import (
@@ -54,6 +55,7 @@ from tests.bench.http_servers import (
     wait_ready,
 )
 from tests.bench.procs import Deadline, Measured, Registry, start_watchdog
+from tests.bench.profile_summary import HTTP_COMPONENTS, render, summarise
 from tests.bench.workload import delete_topics_containing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +133,21 @@ async def _measure_once(
     settled = await settle(proc)
     await wrk(args.warmup, f"warm-{tag}-{secrets.token_hex(4)}", f"wrk-{tag}-warmup.log")
     prefix = f"run-{tag}-{secrets.token_hex(4)}"
+    profile = run_dir / f"{tag}.pyspy.txt"
+    profiler = (
+        await registry.spawn_helper(
+            [
+                *(PY_SPY, "record", "--pid", str(proc.pid), "--duration", str(int(args.duration))),
+                *("--rate", "100", "--format", "raw", "--output", str(profile)),
+            ],
+            run_dir / f"{tag}.py-spy.log",
+        )
+        if args.profile and server.kind == "atlas"
+        else None
+    )
     result = await wrk(args.duration, prefix, f"wrk-{tag}.log")
+    if profiler is not None:
+        await asyncio.wait_for(profiler.wait(), timeout=30)
     durable: bool | None = None
     detail = "not keyed: no durability check"
     extra: dict[str, Any] = {
@@ -150,6 +166,11 @@ async def _measure_once(
             f"{'<=' if durable else '>'} {rows} outbox rows ({keys} completed keys)"
         )
         extra.update(completed_keys=keys, outbox_rows=rows)
+    if profiler is not None and profile.exists():
+        extra["profile"] = str(profile)
+        extra["profile_summary"] = render(summarise(profile, top=25, rules=HTTP_COMPONENTS))
+        print(f"{server.name} profile at c={connections} ({profile}):", flush=True)
+        print(extra["profile_summary"], flush=True)
     row = Row(
         kind=server.kind,
         server=server.name,
@@ -289,6 +310,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--servers", default=",".join(SERVERS), help="comma separated, in order")
     p.add_argument("--timeout", type=float, default=900.0, help="hard bound of the whole run, s")
     p.add_argument("--keep", action="store_true", help="keep the database, topics and state")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy Atlas's worker during each measured run (slows it) and print where it went",
+    )
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = set(args.servers) - set(SERVERS)
