@@ -6,10 +6,10 @@ failed, and a failed changelog send is only logged. A committed offset can there
 of a table write or an output that never reached Kafka, and a SIGKILL then loses it.
 
 `SafeProducer` tracks every record from the moment it is handed over (table changelog writes go
-through `send_soon`, outputs through `send`) until Kafka acknowledges it. Its `flush`, the last
-step before every commit, waits for all records handed over so far and raises if any failed,
-now or earlier: the commit is abandoned and the worker stops, so the uncommitted input is read
-again by whoever owns the partition next.
+through `send_soon`, a batch's effects through `send_many`) until Kafka acknowledges it. Its
+`flush`, the last step before every commit, waits for all records handed over so far and raises
+if any failed, now or earlier: the commit is abandoned and the worker stops, so the uncommitted
+input is read again by whoever owns the partition next.
 
 `SafeConsumer` caps a commit at the lowest offset still in flight on its partition (Faust issue
 #606 can commit past an in-flight message when later ones are acked), and remembers the offsets

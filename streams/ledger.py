@@ -107,11 +107,13 @@ class LedgerProcessor:
             by_account[msg.account_id].append((msg, position, event))
 
         now = self.clock()
-        outcomes: list[Record] = []  # one per payment: sent in bulk, after every state write
+        # The batch's effects by topic, sent in bulk once every state write is handed over.
+        effects: dict[str, list[Record]] = defaultdict(list)
         for account_id, items in by_account.items():
-            self._apply(account_id, items, now, outcomes)
-        outcomes_topic = self.topics.outcomes
-        await outcomes_topic.app.producer.send_many(outcomes_topic.get_topic_name(), outcomes)
+            self._apply(account_id, items, now, effects)
+        producer = self.topics.outcomes.app.producer
+        for topic, records in effects.items():
+            await producer.send_many(topic, records)
         BATCH_SIZE.labels("ledger").observe(len(events))
         BATCH_DURATION.labels("ledger").observe(time.perf_counter() - started)
 
@@ -120,7 +122,7 @@ class LedgerProcessor:
         account_id: str,
         items: list[tuple[AccountMessage, Position, Any]],
         now: float,
-        outcomes: list[Record],
+        effects: dict[str, list[Record]],
     ) -> None:
         accounts, archive = self.tables.accounts, self.tables.archive
         key = account_id.encode()
@@ -168,38 +170,38 @@ class LedgerProcessor:
             EVENTS.labels(step.position.topic, step.decision.value).inc()
             headers = carried(event) if step.effects else None
             for effect in step.effects:
-                if isinstance(effect, PaymentOutcome):
-                    outcomes.append(
-                        (effect.event_id.encode(), wire.encode_outcome(effect), headers)
-                    )
-                else:
-                    self.send(effect, headers)
+                topic, record = self._record(effect, headers)
+                effects[topic].append(record)
         count_business(result)
 
     def _remember(self, account_id: str, account: Account) -> None:
         _bounded_put(self._cache, account_id, account, self.cache_size)
 
-    def send(self, effect: Effect, headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _record(
+        self, effect: Effect, headers: list[tuple[str, bytes]] | None
+    ) -> tuple[str, Record]:
+        """An effect as the topic it goes to and its record (key, value, headers)."""
         topics = self.topics
         match effect:
             case PaymentOutcome():
-                topics.outcomes.send_soon(
-                    key=effect.event_id.encode(),
-                    value=wire.encode_outcome(effect),
-                    headers=headers,
+                return topics.outcomes.get_topic_name(), (
+                    effect.event_id.encode(),
+                    wire.encode_outcome(effect),
+                    headers,
                 )
             case TransferEvent():
-                topics.transfer_events.send_soon(
-                    key=effect.transfer_id.encode(),
-                    value=wire.encode_transfer_event(effect),
-                    headers=headers,
+                return topics.transfer_events.get_topic_name(), (
+                    effect.transfer_id.encode(),
+                    wire.encode_transfer_event(effect),
+                    headers,
                 )
             case CreditLeg() | RefundLeg():
-                topics.legs.send_soon(
-                    key=effect.account_id.encode(),
-                    value=wire.encode_command(effect),
-                    headers=headers,
+                return topics.legs.get_topic_name(), (
+                    effect.account_id.encode(),
+                    wire.encode_command(effect),
+                    headers,
                 )
+        raise TypeError(f"not an effect: {effect!r}")
 
     def dead_letter(self, event: Any, bad: wire.BadMessage) -> None:
         message = event.message

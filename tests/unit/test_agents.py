@@ -16,9 +16,9 @@ Three things stand in for the broker, each for a concrete reason:
   connect to Kafka.
 - `Topic.send_soon` is wrapped by a recorder that still calls Faust's own: records land in the
   (never started) producer's buffer. Table changelog writes go through `send_soon` too, so the
-  recorder sees every record the worker would produce. The bulk path for outcomes,
-  `SafeProducer.send_many`, is recorded instead of sent (it writes straight into aiokafka
-  batches of a started producer).
+  recorder sees every record the worker would produce. The bulk path for a batch's effects
+  (outcomes, legs, transfer events), `SafeProducer.send_many`, is recorded instead of sent (it
+  writes straight into aiokafka batches of a started producer).
 
 A batch is done when its messages are acked: `take_events` acks them after `process` returns.
 """
