@@ -74,93 +74,6 @@ class RequestInFlight(Exception):
     """Same key while the first request is still being handled (409)."""
 
 
-async def run_once(
-    pool: asyncpg.Pool,
-    *,
-    client_id: uuid.UUID,
-    key: str,
-    request_fingerprint: bytes,
-    retention_s: float,
-    timeout_s: float,
-    busy_wait_s: float,
-    effect: Callable[[], Effect],
-) -> Result:
-    async with pool.acquire(timeout=timeout_s) as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{int(busy_wait_s * 1000)}ms'")
-        try:
-            claimed = await conn.fetchval(
-                """
-                INSERT INTO idempotency_keys
-                    (client_id, idempotency_key, fingerprint, state, expires_at)
-                VALUES ($1, $2, $3, 'in_flight', now() + make_interval(secs => $4))
-                ON CONFLICT (client_id, idempotency_key) DO NOTHING
-                RETURNING true
-                """,
-                client_id,
-                key,
-                request_fingerprint,
-                retention_s,
-                timeout=timeout_s,
-            )
-        except asyncpg.LockNotAvailableError:
-            raise RequestInFlight(key) from None
-        if not claimed:
-            row = await conn.fetchrow(
-                """
-                SELECT fingerprint, state, response_status, response_body
-                FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2
-                """,
-                client_id,
-                key,
-                timeout=timeout_s,
-            )
-            if row is None:  # reaped between the two statements: the caller may retry
-                raise RequestInFlight(key)
-            if bytes(row["fingerprint"]) != request_fingerprint:
-                raise KeyReusedForAnotherRequest(key)
-            if row["state"] != "completed":
-                raise RequestInFlight(key)
-            return Result(row["response_status"], orjson.loads(row["response_body"]), replayed=True)
-
-        done = effect()
-        await conn.executemany(
-            """
-            INSERT INTO outbox
-                (id, aggregate_type, aggregate_id, event_type, topic, payload, headers)
-            VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)
-            """,
-            [
-                (
-                    r.id,
-                    r.aggregate_type,
-                    r.aggregate_id,
-                    r.event_type,
-                    r.topic,
-                    orjson.dumps(r.payload).decode(),
-                    orjson.dumps(r.headers).decode(),
-                )
-                for r in done.rows
-            ],
-            timeout=timeout_s,
-        )
-        await conn.execute(
-            """
-            UPDATE idempotency_keys
-            SET state = 'completed', resource_id = $3, response_status = $4,
-                response_body = $5::jsonb
-            WHERE client_id = $1 AND idempotency_key = $2
-            """,
-            client_id,
-            key,
-            done.resource_id,
-            done.status,
-            orjson.dumps(done.body).decode(),
-            timeout=timeout_s,
-        )
-        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL, timeout=timeout_s)
-        return Result(done.status, done.body)
-
-
 # ---------------------------------------------------------------------------------------------
 # Group commit: the writes of concurrent requests share one transaction.
 
@@ -203,7 +116,11 @@ async def run_batch(
     timeout_s: float,
     busy_wait_s: float,
 ) -> list[Result | Exception]:
-    """`run_once` for many requests in one transaction; one outcome per request, in order.
+    """Many requests' writes in one transaction; one outcome per request, in order.
+
+    Per request: claim its key, or find it taken; a new claim writes the request's outbox rows;
+    a taken key replays its stored answer (same fingerprint, completed), or is refused (422 for
+    another fingerprint, 409 while in flight).
 
     A new key is stored completed together with its outbox rows, so there is no in-flight
     state to clean up: a concurrent request with the same key waits on the unique index until

@@ -8,8 +8,10 @@ written (a dependency for auth, a typed body parameter):
 - bearer-key authentication against `api_clients` through Atlas's own `ClientStore` (SHA-256 of
   the key, a per-process TTL cache);
 - the body validated by FastAPI with Atlas's `TransferBody` model;
-- `web.idempotency.run_once`: the idempotency row and the outbox row (the encoded
-  `RequestTransfer` command) in one transaction, with the NOTIFY, then 202 with a `Location`.
+- `web.idempotency.run_batch` with one request: the idempotency row and the outbox row (the
+  encoded `RequestTransfer` command) in one transaction, with the NOTIFY, then 202 with a
+  `Location`. Atlas shares that transaction among concurrent requests (group commit); this
+  peer runs one per request, as a handler awaiting its own transaction does.
 
 Rate limiting and Atlas's middlewares (correlation ids, metrics, problem+json) are not copied.
 `GET /health` answers 200 once the pool is open.
@@ -99,18 +101,24 @@ async def request_transfer(
         ],
     )
     try:
-        result = await idempotency.run_once(
-            request.app.state.pool,
-            client_id=client.id,
-            key=idempotency_key,
-            request_fingerprint=idempotency.fingerprint(
+        pending = idempotency.Pending(
+            client.id,
+            idempotency_key,
+            idempotency.fingerprint(
                 "POST", request.url.path, body.model_dump(mode="json", exclude_unset=True)
             ),
+            effect,
+        )
+        (outcome,) = await idempotency.run_batch(  # one request, one transaction
+            request.app.state.pool,
+            [pending],
             retention_s=settings.idempotency_retention_s,
             timeout_s=settings.postgres_timeout_s,
             busy_wait_s=0.2,
-            effect=lambda: effect,
         )
+        if isinstance(outcome, Exception):
+            raise outcome
+        result = outcome
     except idempotency.KeyReusedForAnotherRequest:
         raise HTTPException(422, "this Idempotency-Key was used for a different request") from None
     except idempotency.RequestInFlight:

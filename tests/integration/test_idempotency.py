@@ -29,47 +29,39 @@ async def new_client(pool: asyncpg.Pool) -> uuid.UUID:
     return client_id
 
 
-def effect(made: list[int]) -> Callable[[], Effect]:
-    def make() -> Effect:
-        made.append(1)
-        transfer_id = str(uuid.uuid4())
-        row = OutboxRow(
-            "account", "acc-1", "RequestTransfer", "t.commands", {"transfer_id": transfer_id}
-        )
-        return Effect(202, {"transfer_id": transfer_id, "status": "pending"}, transfer_id, [row])
-
-    return make
+def effect() -> Effect:
+    transfer_id = str(uuid.uuid4())
+    row = OutboxRow(
+        "account", "acc-1", "RequestTransfer", "t.commands", {"transfer_id": transfer_id}
+    )
+    return Effect(202, {"transfer_id": transfer_id, "status": "pending"}, transfer_id, [row])
 
 
 async def run(
-    pool: asyncpg.Pool, client: uuid.UUID, key: str, body: dict[str, object], made: list[int]
+    pool: asyncpg.Pool, client: uuid.UUID, key: str, body: dict[str, object]
 ) -> idempotency.Result:
-    return await idempotency.run_once(
-        pool,
-        client_id=client,
-        key=key,
-        request_fingerprint=idempotency.fingerprint("POST", "/v1/transfers", body),
-        retention_s=3600,
-        timeout_s=5,
-        busy_wait_s=0.2,
-        effect=effect(made),
+    """One request in a transaction of its own: its result, or the exception it gets."""
+    (outcome,) = await idempotency.run_batch(
+        pool, [pending(client, key, body)], retention_s=3600, timeout_s=5, busy_wait_s=0.2
     )
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 async def test_a_retry_replays_and_another_payload_is_refused(db_url: str) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     try:
-        client, made = await new_client(pool), []
-        first = await run(pool, client, "k1", {"amount": 5, "to": "b"}, made)
-        again = await run(pool, client, "k1", {"to": "b", "amount": 5}, made)  # same, reordered
+        client = await new_client(pool)
+        first = await run(pool, client, "k1", {"amount": 5, "to": "b"})
+        again = await run(pool, client, "k1", {"to": "b", "amount": 5})  # same, reordered
         assert (first.replayed, again.replayed) == (False, True)
         assert again.body == first.body and again.status == 202
-        assert len(made) == 1
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
         with pytest.raises(idempotency.KeyReusedForAnotherRequest):
-            await run(pool, client, "k1", {"amount": 6, "to": "b"}, made)
+            await run(pool, client, "k1", {"amount": 6, "to": "b"})
         other_client = await new_client(pool)  # keys are scoped per client
-        assert not (await run(pool, other_client, "k1", {"amount": 5, "to": "b"}, made)).replayed
+        assert not (await run(pool, other_client, "k1", {"amount": 5, "to": "b"})).replayed
         row = await pool.fetchrow(
             "SELECT state, response_status, expires_at > now() AS live"
             " FROM idempotency_keys WHERE client_id = $1",
@@ -83,10 +75,10 @@ async def test_a_retry_replays_and_another_payload_is_refused(db_url: str) -> No
 async def test_fifty_concurrent_requests_with_one_key_write_once(db_url: str) -> None:
     pool = await asyncpg.create_pool(db_url, min_size=10, max_size=50)
     try:
-        client, made = await new_client(pool), []
+        client = await new_client(pool)
         body = {"amount": 5, "to": "b"}
         results = await asyncio.gather(
-            *(run(pool, client, "same-key", body, made) for _ in range(50)), return_exceptions=True
+            *(run(pool, client, "same-key", body) for _ in range(50)), return_exceptions=True
         )
         fresh = [r for r in results if isinstance(r, idempotency.Result) and not r.replayed]
         replays = [r for r in results if isinstance(r, idempotency.Result) and r.replayed]
@@ -95,14 +87,13 @@ async def test_fifty_concurrent_requests_with_one_key_write_once(db_url: str) ->
         assert len(replays) + len(busy) == 49, results
         assert all(r.body == fresh[0].body for r in replays)
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
-        assert len(made) == 1
     finally:
         await pool.close()
 
 
 def pending(client: uuid.UUID, key: str, body: dict[str, object]) -> idempotency.Pending:
     return idempotency.Pending(
-        client, key, idempotency.fingerprint("POST", "/v1/transfers", body), effect([])()
+        client, key, idempotency.fingerprint("POST", "/v1/transfers", body), effect()
     )
 
 
