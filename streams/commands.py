@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -11,7 +12,7 @@ import click
 import orjson
 from faust.cli import AppCommand, argument, option
 
-from streams import operations
+from streams import operations, relay
 from streams.app import app
 from streams.lag import LagTracker, OffsetsReader, source_topics
 from streams.operations import LedgerTopics
@@ -186,3 +187,43 @@ async def lag(
     ]
     self.say(self.tabulate([header, *rows], headers=[]))
     self.say(f"group {report.group}: {report.status}, lag {report.total}")
+
+
+@app.command(
+    argument("action", type=click.Choice(["failed", "retry"])),
+    argument("ids", nargs=-1),
+    option("--all", "retry_all", is_flag=True, help="With retry: every set-aside row."),
+)
+async def outbox(self: AppCommand, action: str, ids: tuple[str, ...], retry_all: bool) -> None:
+    """Set-aside outbox rows: `atlas outbox failed` lists them, `atlas outbox retry ID...|--all`
+    gives them back to the relay (once the cause, say Kafka's size limit, is fixed)."""
+    if action == "retry" and not (ids or retry_all):
+        raise SystemExit("outbox retry: name the row ids, or --all")
+    try:
+        wanted = [uuid.UUID(i) for i in ids] if ids else None
+    except ValueError as exc:
+        raise SystemExit(f"outbox retry: not a row id: {exc}") from None
+    conn = await connect()
+    try:
+        if action == "retry":
+            given_back = await relay.retry_failed(conn, wanted)
+            self.say(f"gave {len(given_back)} rows back to the relay")
+            return
+        rows = await relay.failed_rows(conn)
+    finally:
+        await conn.close()
+    header = ["id", "failed", "event type", "aggregate", "topic", "bytes", "failure"]
+    table = [
+        [
+            str(r["id"]),
+            r["failed_at"].isoformat(timespec="seconds"),
+            r["event_type"],
+            r["aggregate_id"],
+            r["topic"],
+            r["payload_bytes"],
+            r["failure"],
+        ]
+        for r in rows
+    ]
+    self.say(self.tabulate([header, *table], headers=[]))
+    self.say(f"{len(rows)} rows set aside")

@@ -62,10 +62,13 @@ _KEEPALIVES = {
 
 SELECT_UNPUBLISHED = """
 SELECT id, aggregate_id, event_type, topic, payload, headers
-FROM outbox WHERE published_at IS NULL ORDER BY created_at LIMIT $1
+FROM outbox WHERE published_at IS NULL AND failed_at IS NULL ORDER BY created_at LIMIT $1
 """
 MARK_PUBLISHED = """
 UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[]) AND published_at IS NULL
+"""
+MARK_FAILED = """
+UPDATE outbox SET failed_at = now(), failure = $2 WHERE id = $1 AND published_at IS NULL
 """
 REAP_PUBLISHED = """
 DELETE FROM outbox WHERE id IN (
@@ -84,6 +87,11 @@ PUBLISHED = Counter(
 PUBLISH_FAILURES = Counter(
     "atlas_outbox_publish_failures",
     "Outbox rows whose publish failed (left unpublished, retried later).",
+    registry=REGISTRY,
+)
+SET_ASIDE = Counter(
+    "atlas_outbox_failed",
+    "Outbox rows set aside because they can never be published as they are (see failed_at).",
     registry=REGISTRY,
 )
 PUBLISH_DURATION = Histogram(
@@ -177,12 +185,39 @@ class RetryDelays:
 @dataclass
 class PublishOutcome:
     delivered: list[UUID]
-    rejected: int  # rows that cannot become a record (left unpublished, logged one by one)
+    # Rows that can never become a record as they are, with the reason: set aside (failed_at),
+    # so they no longer hold up the rows behind them.
+    failed: list[tuple[UUID, str]]
     kafka_error: BaseException | None  # the first Kafka failure; undelivered rows are retried
 
 
 # A row that fails one of these can never be sent as it is: the others go on without it.
 _ROW_ERRORS = (TypeError, ValueError, MessageSizeTooLargeError)
+
+
+LIST_FAILED = """
+SELECT id, created_at, failed_at, aggregate_id, event_type, topic, failure,
+       octet_length(payload::text) AS payload_bytes
+FROM outbox WHERE failed_at IS NOT NULL AND published_at IS NULL ORDER BY failed_at
+"""
+RETRY_FAILED = """
+UPDATE outbox SET failed_at = NULL, failure = NULL
+WHERE failed_at IS NOT NULL AND published_at IS NULL AND ($1::uuid[] IS NULL OR id = ANY($1))
+RETURNING id
+"""
+
+
+async def failed_rows(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """The rows the relay set aside as unpublishable, oldest failure first."""
+    return list(await conn.fetch(LIST_FAILED))
+
+
+async def retry_failed(conn: asyncpg.Connection, ids: Sequence[UUID] | None) -> list[UUID]:
+    """Give set-aside rows (these, or all with None) back to the relay; the ids given back."""
+    given_back = await conn.fetch(RETRY_FAILED, None if ids is None else list(ids))
+    if given_back:
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    return [r["id"] for r in given_back]
 
 
 class ConnectionLost(Exception):
@@ -383,19 +418,23 @@ class OutboxRelay(Service):
             if outcome.delivered:
                 await conn.execute(MARK_PUBLISHED, outcome.delivered, timeout=timeout)
                 PUBLISHED.inc(len(outcome.delivered))
+            if outcome.failed:
+                await conn.executemany(MARK_FAILED, outcome.failed, timeout=timeout)
+                SET_ASIDE.inc(len(outcome.failed))
             PUBLISH_FAILURES.inc(len(rows) - len(outcome.delivered))
             if outcome.kafka_error is not None:
                 kafka_ok = False
                 log.warning(
                     "outbox publish failed",
-                    rows=len(rows) - len(outcome.delivered) - outcome.rejected,
+                    rows=len(rows) - len(outcome.delivered) - len(outcome.failed),
                     published=len(outcome.delivered),
                     error=_describe(outcome.kafka_error),
                 )
                 # A fresh producer next time: this one may hold batches it retries forever
                 # (idempotent batches never expire) or a sender that died.
                 await self._drop_producer(flush_s=0)
-            if not more_to_drain(len(rows), len(outcome.delivered), self.batch):
+            done = len(outcome.delivered) + len(outcome.failed)  # neither is fetched again
+            if not more_to_drain(len(rows), done, self.batch):
                 break
         return kafka_ok
 
@@ -404,7 +443,7 @@ class OutboxRelay(Service):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s
         sent: list[tuple[UUID, asyncio.Future[Any]]] = []
-        rejected = 0
+        failed: list[tuple[UUID, str]] = []
         error: BaseException | None = None
         try:
             async with asyncio.timeout_at(deadline):
@@ -420,10 +459,10 @@ class OutboxRelay(Service):
                             )
                             publish.until(delivery)
                     except _ROW_ERRORS as exc:
-                        rejected += 1
+                        failed.append((row["id"], _describe(exc)[:1000]))
                         with structlog.contextvars.bound_contextvars(**_row_log_fields(row)):
                             log.error(
-                                "outbox row cannot be published",
+                                "outbox row cannot be published: set aside",
                                 event_id=str(row["id"]),
                                 error=_describe(exc),
                             )
@@ -444,7 +483,7 @@ class OutboxRelay(Service):
                 error = error or failure
             else:
                 delivered.append(event_id)
-        return PublishOutcome(delivered, rejected, error)
+        return PublishOutcome(delivered, failed, error)
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         # Started when the relay first leads, not at service start: a broker that is down then

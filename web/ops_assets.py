@@ -44,6 +44,7 @@ PAGE = """\
         <dl>
           <dt>unpublished rows</dt><dd id="backlog-rows">-</dd>
           <dt>oldest row age</dt><dd id="backlog-oldest">-</dd>
+          <dt>set aside (atlas outbox failed)</dt><dd id="backlog-failed">-</dd>
           <dt>shedding limit</dt><dd id="backlog-limit">-</dd>
           <dt>shedding writes</dt><dd id="backlog-shedding">-</dd>
           <dt>reading age</dt><dd id="backlog-reading">-</dd>
@@ -153,6 +154,7 @@ SCRIPT = """\
   function renderBacklog(b) {
     byId("backlog-rows").textContent = b.rows;
     byId("backlog-oldest").textContent = seconds(b.oldest_s);
+    byId("backlog-failed").textContent = b.failed;
     byId("backlog-limit").textContent = b.limit;
     const shedding = byId("backlog-shedding");
     shedding.textContent = b.shedding ? "yes" : "no";

@@ -41,6 +41,8 @@ class BacklogSource(Protocol):
     @property
     def oldest_s(self) -> float: ...
     @property
+    def failed(self) -> int: ...  # rows set aside as unpublishable
+    @property
     def measured_at(self) -> float | None: ...  # monotonic
     @property
     def over_limit(self) -> bool: ...
@@ -96,6 +98,7 @@ class OpsStatus:
             "backlog": {
                 "rows": self.backlog.rows,
                 "oldest_s": round(self.backlog.oldest_s, 3),
+                "failed": self.backlog.failed,
                 "limit": self.backlog_limit,
                 "shedding": self.backlog.over_limit,
                 "reading_age_s": (

@@ -161,7 +161,14 @@ def test_the_ops_page_shows_live_numbers_in_a_browser(
     doc = wait_until(live_status, 60, what="a dead letter, a lag reading and a relay leader")
     assert doc["dead_letters"] == {"total": 1, "by_topic": {payments: 1}}
     assert doc["breakers"] == {"postgres": "closed", "redis": "closed", "kafka": "closed"}
-    assert set(doc["backlog"]) == {"rows", "oldest_s", "limit", "shedding", "reading_age_s"}
+    assert set(doc["backlog"]) == {
+        "rows",
+        "oldest_s",
+        "failed",
+        "limit",
+        "shedding",
+        "reading_age_s",
+    }
     assert worker.api_key and worker.api_key not in json.dumps(doc)
 
     page = http("GET", worker.url + "/ops")
@@ -197,6 +204,7 @@ def test_the_ops_page_shows_live_numbers_in_a_browser(
     }
     assert dom.by_id["relay-leader"].get("data-leader") == "true"
     assert dom.text["backlog-rows"].isdigit()
+    assert dom.text["backlog-failed"] == "0"
 
     screenshot = tmp_path / "ops.png"
     run_chromium(

@@ -25,6 +25,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pydantic import SecretStr
 
+from streams import relay as relay_module
+from streams.backlog import BACKLOG
 from streams.relay import OutboxRelay
 from streams.settings import Settings
 from tests.integration.processes import REPO_ROOT, free_port
@@ -399,6 +401,55 @@ async def test_a_failed_publish_leaves_rows_unpublished_for_a_later_retry(
         await eventually(lambda: _is_zero(unpublished(pg)), 15, "rows published on retry")
     messages = await read_topic(settings.kafka_bootstrap_servers, topic, len(rows))
     assert [orjson.loads(m.value)["seq"] for m in messages] == [0, 1, 2]
+
+
+async def test_an_unpublishable_row_is_set_aside_and_holds_up_nothing(
+    settings: Settings, topic: str, pg: asyncpg.Connection
+) -> None:
+    # More rows that can never be sent (over the producer's 1 MiB request limit) than a batch
+    # holds, first in line: before, the relay fetched the same head rows every round forever.
+    huge = [new_row(topic, "acc-big", seq) for seq in range(3)]
+    for row in huge:
+        row["payload"]["memo"] = "x" * 1_200_000
+    fine = [new_row(topic, "acc-1", seq) for seq in range(5)]
+    set_aside_before = metric("atlas_outbox_failed_total")
+    await insert_rows(pg, huge)
+    await insert_rows(pg, fine)
+    relay = OutboxRelay(settings, batch=2, poll_s=0.5)
+    async with running(relay):
+        await eventually(
+            lambda: _is_zero(
+                pg.fetchval(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
+                )
+            ),
+            15,
+            "every row published or set aside",
+        )
+    messages = await read_topic(settings.kafka_bootstrap_servers, topic, len(fine))
+    assert sorted(orjson.loads(m.value)["seq"] for m in messages) == [0, 1, 2, 3, 4]
+    assert all(m.key == b"acc-1" for m in messages)
+
+    failed = await relay_module.failed_rows(pg)
+    assert {r["id"] for r in failed} == {r["id"] for r in huge}
+    assert all("MessageSizeTooLarge" in r["failure"] for r in failed), failed
+    assert all(r["payload_bytes"] > 1_200_000 for r in failed)  # kept whole, never reaped
+    assert metric("atlas_outbox_failed_total") - set_aside_before == len(huge)
+    backlog = await pg.fetchrow(BACKLOG)
+    assert (backlog["rows"], backlog["failed"]) == (0, len(huge))  # not part of the backlog
+
+    # An operator gives one back: it is unpublishable again, so it is set aside again.
+    assert await relay_module.retry_failed(pg, [huge[0]["id"]]) == [huge[0]["id"]]
+    assert len(await relay_module.failed_rows(pg)) == len(huge) - 1
+    async with running(OutboxRelay(settings, batch=2, poll_s=0.5)):
+        await eventually(
+            lambda: _has_rows(relay_module.failed_rows(pg), len(huge)), 15, "set aside again"
+        )
+    assert metric("atlas_outbox_failed_total") - set_aside_before == len(huge) + 1
+
+
+async def _has_rows(rows: Awaitable[list[Any]], count: int) -> bool:
+    return len(await rows) == count
 
 
 async def test_sends_not_acknowledged_in_time_stay_unpublished(

@@ -40,6 +40,7 @@ class FakeLag:
 class FakeBacklog:
     rows: int = 17
     oldest_s: float = 4.56789
+    failed: int = 2
     measured_at: float | None = 98.5
     over_limit: bool = False
 
@@ -102,6 +103,7 @@ def test_the_status_document_gathers_every_source() -> None:
         "backlog": {
             "rows": 17,
             "oldest_s": 4.568,
+            "failed": 2,
             "limit": 10_000,
             "shedding": False,
             "reading_age_s": 1.5,
