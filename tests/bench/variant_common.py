@@ -13,6 +13,7 @@ import os
 import select
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,13 @@ def hand_back(result: VariantResult, path: Path, linger_s: float) -> None:
         readable, _, _ = select.select([sys.stdin], [], [], 0.5)
         if readable and not os.read(sys.stdin.fileno(), 4096):
             return
+
+
+def variant_main(description: str, run: Callable[[argparse.Namespace], VariantResult]) -> None:
+    """A variant process: parse the arguments, run, hand back the result or the error."""
+    args = parse_args(description)
+    try:
+        result = run(args)
+    except Exception as exc:
+        result = VariantResult(error=repr(exc))
+    hand_back(result, args.result, args.linger_s)

@@ -23,7 +23,7 @@ import faust
 import orjson
 
 from streams.settings import Settings
-from tests.bench.variant_common import VariantResult, hand_back, parse_args
+from tests.bench.variant_common import VariantResult, variant_main
 
 
 def run(
@@ -76,19 +76,10 @@ def run(
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "")
-    try:
-        result = run(
-            args.bootstrap,
-            args.topic,
-            args.group,
-            args.expected,
-            args.timeout_s,
-            args.state_dir,
-        )
-    except Exception as exc:
-        result = VariantResult(error=repr(exc))
-    hand_back(result, args.result, args.linger_s)
+    variant_main(
+        __doc__ or "",
+        lambda a: run(a.bootstrap, a.topic, a.group, a.expected, a.timeout_s, a.state_dir),
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.state import State
 
-from tests.bench.variant_common import VariantResult, hand_back, parse_args
+from tests.bench.variant_common import VariantResult, variant_main
 
 
 def run(
@@ -74,20 +74,11 @@ def run(
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "")
     logging.basicConfig(level=logging.WARNING)
-    try:
-        result = run(
-            args.bootstrap,
-            args.topic,
-            args.group,
-            args.expected,
-            args.timeout_s,
-            str(args.state_dir),
-        )
-    except Exception as exc:
-        result = VariantResult(error=repr(exc))
-    hand_back(result, args.result, args.linger_s)
+    variant_main(
+        __doc__ or "",
+        lambda a: run(a.bootstrap, a.topic, a.group, a.expected, a.timeout_s, str(a.state_dir)),
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from tests.bench.variant_common import VariantResult, hand_back, parse_args
+from tests.bench.variant_common import VariantResult, variant_main
 
 
 class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -68,14 +68,10 @@ async def consume(
 
 
 def main() -> None:
-    args = parse_args(__doc__ or "")
-    try:
-        result = asyncio.run(
-            consume(args.bootstrap, args.topic, args.group, args.expected, args.timeout_s)
-        )
-    except Exception as exc:
-        result = VariantResult(error=repr(exc))
-    hand_back(result, args.result, args.linger_s)
+    variant_main(
+        __doc__ or "",
+        lambda a: asyncio.run(consume(a.bootstrap, a.topic, a.group, a.expected, a.timeout_s)),
+    )
 
 
 if __name__ == "__main__":
