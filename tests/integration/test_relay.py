@@ -29,7 +29,7 @@ from streams import relay as relay_module
 from streams.backlog import BACKLOG
 from streams.relay import OutboxRelay
 from streams.settings import Settings
-from tests.integration.processes import REPO_ROOT, free_port
+from tests.integration.processes import REPO_ROOT, free_port, run_atlas
 from tests.integration.stack import Stack
 from web.metrics import REGISTRY
 
@@ -446,6 +446,35 @@ async def test_an_unpublishable_row_is_set_aside_and_holds_up_nothing(
             lambda: _has_rows(relay_module.failed_rows(pg), len(huge)), 15, "set aside again"
         )
     assert metric("atlas_outbox_failed_total") - set_aside_before == len(huge) + 1
+
+
+async def test_the_cli_lists_set_aside_rows_and_gives_them_back(
+    topic: str, pg: asyncpg.Connection, db_url: str, base_env: dict[str, str]
+) -> None:
+    rows = [new_row(topic, "acc-1", seq) for seq in range(3)]
+    await insert_rows(pg, rows, notify=False)
+    await pg.execute(
+        "UPDATE outbox SET failed_at = now(), failure = 'MessageSizeTooLargeError: too big'"
+        " WHERE id = ANY($1::uuid[])",
+        [r["id"] for r in rows[:2]],
+    )
+    env = {**base_env, "DATABASE_URL": db_url}
+
+    listed = await asyncio.to_thread(run_atlas, env, "outbox", "failed")
+    assert listed.returncode == 0, listed.stderr
+    assert all(str(r["id"]) in listed.stdout for r in rows[:2])
+    assert str(rows[2]["id"]) not in listed.stdout
+    assert "MessageSizeTooLargeError: too big" in listed.stdout
+    assert "2 rows set aside" in listed.stdout
+
+    refused = await asyncio.to_thread(run_atlas, env, "outbox", "retry")
+    assert refused.returncode != 0 and "name the row ids, or --all" in refused.stderr
+
+    one = await asyncio.to_thread(run_atlas, env, "outbox", "retry", str(rows[0]["id"]))
+    assert one.returncode == 0 and "gave 1 rows back" in one.stdout, one.stderr
+    rest = await asyncio.to_thread(run_atlas, env, "outbox", "retry", "--all")
+    assert rest.returncode == 0 and "gave 1 rows back" in rest.stdout, rest.stderr
+    assert await pg.fetchval("SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL") == 0
 
 
 async def _has_rows(rows: Awaitable[list[Any]], count: int) -> bool:
