@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
+
+from streams.metrics import PRODUCER_BUFFER_FULL
 
 # A key names a secret when one of its words (split at _ - . or case) is one of these.
 SECRET_KEYS = re.compile(
@@ -92,6 +95,30 @@ _SHARED_PROCESSORS: list[Any] = [
 ]
 
 
+class ProducerBufferFull(logging.Filter):
+    """Faust's "producer buffer full" warning, counted every time and logged once a minute.
+
+    Faust logs it each time its send buffer passes 100 records and delivery of input waits for
+    it to drain: its flow control at work, hundreds of times a minute under load. The count is
+    `atlas_producer_buffer_full_total`; the log keeps one line per `every_s` as a reminder.
+    """
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("producer buffer full"):
+            return True
+        PRODUCER_BUFFER_FULL.inc()
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` that renders every record as one JSON line on stderr."""
     return {
@@ -111,6 +138,7 @@ def logging_config(level: str) -> dict[str, Any]:
                 "foreign_pre_chain": _SHARED_PROCESSORS,
             }
         },
+        "filters": {"producer_buffer_full": {"()": ProducerBufferFull}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
@@ -123,6 +151,7 @@ def logging_config(level: str) -> dict[str, Any]:
             # Chatty at INFO and off the hot path only when kept at WARNING.
             "aiokafka": {"level": "WARNING"},
             "aiohttp.access": {"level": "WARNING"},
+            "faust.transport.producer": {"filters": ["producer_buffer_full"]},
         },
     }
 

@@ -65,3 +65,11 @@ def count_consumed(events: list[Any]) -> None:
     topics = Counter_(e.message.topic for e in events)
     for topic, n in topics.items():
         MESSAGES_CONSUMED.labels(topic).inc(n)
+
+
+PRODUCER_BUFFER_FULL = Counter(
+    "atlas_producer_buffer_full",
+    "Times Faust's send buffer held back message delivery until it drained (its flow control; "
+    "logged at most once a minute, see streams.logs.ProducerBufferFull).",
+    registry=REGISTRY,
+)

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from streams import logs as logs_module
 from streams.logs import add_trace_context, logging_config, redact_secrets, redact_text
+from web.metrics import REGISTRY
 
 KEY = "atl_" + "k" * 43
 
@@ -118,3 +120,35 @@ def test_the_current_span_is_named_on_a_line() -> None:
         "span_id": f"{ctx.span_id:016x}",
     }
     assert bound == {"trace_id": "an-event's"}  # a line about an event keeps the event's trace
+
+
+def test_fausts_buffer_full_warning_is_counted_always_and_logged_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(logs_module.time, "monotonic", lambda: now[0])
+    keep = logs_module.ProducerBufferFull(every_s=60.0)
+    record = logging.LogRecord(
+        "faust.transport.producer",
+        logging.WARNING,
+        __file__,
+        1,
+        "producer buffer full size 142",
+        None,
+        None,
+    )
+    other = logging.LogRecord(
+        "faust.transport.producer", logging.WARNING, __file__, 1, "something else", None, None
+    )
+    before = _buffer_full_count()
+    assert [keep.filter(record) for _ in range(5)] == [True, False, False, False, False]
+    now[0] += 61.0
+    assert keep.filter(record)
+    assert keep.filter(other)  # every other line of that logger passes
+    assert _buffer_full_count() - before == 6
+    config = logging_config("INFO")
+    assert config["loggers"]["faust.transport.producer"]["filters"] == ["producer_buffer_full"]
+
+
+def _buffer_full_count() -> float:
+    return REGISTRY.get_sample_value("atlas_producer_buffer_full_total") or 0.0
