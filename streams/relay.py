@@ -36,7 +36,7 @@ import backoff
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from mode import Service
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -193,6 +193,8 @@ class PublishOutcome:
 
 # A row that fails one of these can never be sent as it is: the others go on without it.
 _ROW_ERRORS = (TypeError, ValueError, MessageSizeTooLargeError)
+# What Kafka answers for a batch holding a record it will never take, whatever the retries.
+_RECORD_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 LIST_FAILED = """
@@ -439,51 +441,77 @@ class OutboxRelay(Service):
         return kafka_ok
 
     async def _publish(self, rows: Sequence[Row]) -> PublishOutcome:
-        """Send every row, await the deliveries; report which ones Kafka acknowledged."""
+        """Send every row, await the deliveries; report which ones Kafka acknowledged.
+
+        Kafka refuses a record it will never take (over the topic's size limit) by failing the
+        whole batch the record was sent in, innocent neighbours included: the rows of such a
+        batch are sent again one at a time, and only a row refused on its own is set aside.
+        Those re-sent rows land after any later rows of the round that Kafka took: in that
+        (alerting) case an aggregate's rows can leave the outbox out of their written order.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout_s
-        sent: list[tuple[UUID, asyncio.Future[Any]]] = []
+        sent: list[tuple[Row, asyncio.Future[Any]]] = []
         failed: list[tuple[UUID, str]] = []
         error: BaseException | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 producer = await self._ready_producer()
                 for row in rows:
-                    try:
-                        record = to_record(row)
-                        # A producer span per row, continuing the row's trace; the record
-                        # carries the span's traceparent. It ends when Kafka acknowledges.
-                        with publishing(record.topic, record.headers, record.event_id) as publish:
-                            delivery = await producer.send(
-                                record.topic, record.value, key=record.key, headers=publish.headers
-                            )
-                            publish.until(delivery)
-                    except _ROW_ERRORS as exc:
-                        failed.append((row["id"], _describe(exc)[:1000]))
-                        with structlog.contextvars.bound_contextvars(**_row_log_fields(row)):
-                            log.error(
-                                "outbox row cannot be published: set aside",
-                                event_id=str(row["id"]),
-                                error=_describe(exc),
-                            )
-                        continue
-                    sent.append((record.event_id, delivery))
+                    if (delivery := await self._send(producer, row, failed)) is not None:
+                        sent.append((row, delivery))
         except Exception as exc:  # Kafka unreachable, metadata timeout, the deadline
             error = exc
-        if sent:
-            await asyncio.wait([d for _, d in sent], timeout=max(0.0, deadline - loop.time()))
-        delivered: list[UUID] = []
-        for event_id, delivery in sent:
-            if not delivery.done():
-                delivery.add_done_callback(_retrieve)  # settled later, or failed on drop
-                error = error or TimeoutError(f"no ack within {self.publish_timeout_s}s")
-            elif delivery.cancelled():
-                error = error or KafkaError("delivery cancelled")
-            elif (failure := delivery.exception()) is not None:
-                error = error or failure
-            else:
-                delivered.append(event_id)
-        return PublishOutcome(delivered, failed, error)
+        delivered, refused, error = await _settle(sent, deadline, error, self.publish_timeout_s)
+        if refused and error is None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    error = await self._send_alone(
+                        [row for row, _ in refused], deadline, delivered, failed
+                    )
+            except Exception as exc:  # the deadline
+                error = exc
+        return PublishOutcome([row["id"] for row in delivered], failed, error)
+
+    async def _send_alone(
+        self,
+        rows: list[Row],
+        deadline: float,
+        delivered: list[Row],
+        failed: list[tuple[UUID, str]],
+    ) -> BaseException | None:
+        """Send `rows` one at a time (each in a batch of its own); set aside those refused."""
+        producer = await self._ready_producer()
+        for row in rows:
+            if (delivery := await self._send(producer, row, failed)) is None:
+                continue
+            ok, refused, error = await _settle(
+                [(row, delivery)], deadline, None, self.publish_timeout_s
+            )
+            delivered += ok
+            for _, refusal in refused:
+                _set_aside(failed, row, refusal)
+            if error is not None:
+                return error
+        return None
+
+    async def _send(
+        self, producer: AIOKafkaProducer, row: Row, failed: list[tuple[UUID, str]]
+    ) -> asyncio.Future[Any] | None:
+        """Hand one row to the producer: its delivery, or None if it was set aside."""
+        try:
+            record = to_record(row)
+            # A producer span per row, continuing the row's trace; the record carries the
+            # span's traceparent. It ends when Kafka acknowledges.
+            with publishing(record.topic, record.headers, record.event_id) as publish:
+                delivery: asyncio.Future[Any] = await producer.send(
+                    record.topic, record.value, key=record.key, headers=publish.headers
+                )
+                publish.until(delivery)
+        except _ROW_ERRORS as exc:
+            _set_aside(failed, row, exc)
+            return None
+        return delivery
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         # Started when the relay first leads, not at service start: a broker that is down then
@@ -576,6 +604,44 @@ def _row_log_fields(row: Row) -> dict[str, str]:
         cid if isinstance(cid, str) else None,
         traceparent if isinstance(traceparent, str) else None,
     )
+
+
+async def _settle(
+    sent: list[tuple[Row, asyncio.Future[Any]]],
+    deadline: float,
+    error: BaseException | None,
+    timeout_s: float,
+) -> tuple[list[Row], list[tuple[Row, BaseException]], BaseException | None]:
+    """Wait for `sent` until `deadline`: the rows delivered, the rows refused as records
+    (their batch was refused), and the first Kafka failure (`error` if one came before)."""
+    if sent:
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        await asyncio.wait([d for _, d in sent], timeout=remaining)
+    delivered: list[Row] = []
+    refused: list[tuple[Row, BaseException]] = []
+    for row, delivery in sent:
+        if not delivery.done():
+            delivery.add_done_callback(_retrieve)  # settled later, or failed on drop
+            error = error or TimeoutError(f"no ack within {timeout_s}s")
+        elif delivery.cancelled():
+            error = error or KafkaError("delivery cancelled")
+        elif isinstance(failure := delivery.exception(), _RECORD_REFUSED):
+            refused.append((row, failure))
+        elif failure is not None:
+            error = error or failure
+        else:
+            delivered.append(row)
+    return delivered, refused, error
+
+
+def _set_aside(failed: list[tuple[UUID, str]], row: Row, exc: BaseException) -> None:
+    failed.append((row["id"], _describe(exc)[:1000]))
+    with structlog.contextvars.bound_contextvars(**_row_log_fields(row)):
+        log.error(
+            "outbox row cannot be published: set aside",
+            event_id=str(row["id"]),
+            error=_describe(exc),
+        )
 
 
 def _retrieve(delivery: asyncio.Future[Any]) -> None:

@@ -418,11 +418,7 @@ async def test_an_unpublishable_row_is_set_aside_and_holds_up_nothing(
     relay = OutboxRelay(settings, batch=2, poll_s=0.5)
     async with running(relay):
         await eventually(
-            lambda: _is_zero(
-                pg.fetchval(
-                    "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
-                )
-            ),
+            lambda: _is_zero(unpublished_and_kept(pg)),
             15,
             "every row published or set aside",
         )
@@ -446,6 +442,50 @@ async def test_an_unpublishable_row_is_set_aside_and_holds_up_nothing(
             lambda: _has_rows(relay_module.failed_rows(pg), len(huge)), 15, "set aside again"
         )
     assert metric("atlas_outbox_failed_total") - set_aside_before == len(huge) + 1
+
+
+async def test_a_row_the_broker_refuses_is_set_aside_and_its_batch_neighbours_go_out(
+    settings: Settings, stack: Stack, pg: asyncpg.Connection
+) -> None:
+    # The topic takes batches of at most 3000 bytes; the producer's own limit is 1 MiB, so
+    # only the broker can refuse the big row, and it refuses the whole batch holding it.
+    topic = f"t{uuid.uuid4().hex[:10]}.atlas.ledger.commands.v1"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap, request_timeout_ms=10_000)
+    await asyncio.wait_for(admin.start(), 15)
+    try:
+        await asyncio.wait_for(
+            admin.create_topics(
+                [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "3000"})],
+                timeout_ms=10_000,
+            ),
+            15,
+        )
+        rows = [new_row(topic, "acc-1", seq) for seq in range(7)]
+        rows[3]["payload"]["memo"] = "x" * 6000
+        await insert_rows(pg, rows, notify=False)
+        # A long linger: every row goes into one batch with the big one.
+        relay = OutboxRelay(settings, poll_s=0.5, linger_ms=200)
+        async with running(relay):
+            await eventually(
+                lambda: _has_rows(relay_module.failed_rows(pg), 1), 15, "the big row set aside"
+            )
+            await eventually(lambda: _is_zero(unpublished_and_kept(pg)), 15, "the rest published")
+        failed = await relay_module.failed_rows(pg)
+        assert [r["id"] for r in failed] == [rows[3]["id"]]
+        assert "MessageSizeTooLarge" in failed[0]["failure"]
+        messages = await read_topic(settings.kafka_bootstrap_servers, topic, 6)
+        assert sorted(orjson.loads(m.value)["seq"] for m in messages) == [0, 1, 2, 4, 5, 6]
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(admin.delete_topics([topic], timeout_ms=10_000), 15)
+        await asyncio.wait_for(admin.close(), 15)
+
+
+async def unpublished_and_kept(conn: asyncpg.Connection) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
+    )
+    return count
 
 
 async def test_the_cli_lists_set_aside_rows_and_gives_them_back(
