@@ -33,7 +33,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry
+from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry, wait_http_ready
 from tests.bench.workload import Workload
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,28 +91,6 @@ class AtlasConfig:
 
 
 # ---- HTTP --------------------------------------------------------------------------------------
-
-
-async def wait_ready(
-    http: aiohttp.ClientSession, cfg: AtlasConfig, worker: Measured, timeout_s: float
-) -> float:
-    """Seconds until GET /health/ready answered 200."""
-    started = time.monotonic()
-    last = ""
-    while time.monotonic() - started < timeout_s:
-        if not worker.alive:
-            raise RuntimeError(
-                f"worker exited with {worker.proc.returncode}; see {worker.log_path}"
-            )
-        try:
-            async with http.get(f"{cfg.url}/health/ready") as r:
-                if r.status == 200:
-                    return time.monotonic() - started
-                last = f"{r.status} {(await r.text())[:300]}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            last = repr(exc)
-        await asyncio.sleep(0.5)
-    raise BenchTimeout(f"worker not ready after {timeout_s:.0f}s (last answer: {last})")
 
 
 async def with_api_client(cfg: AtlasConfig) -> AtlasConfig:
@@ -287,7 +265,7 @@ async def open_accounts(
             log_path=cfg.log_dir / "atlas-setup.log",
         )
         try:
-            await wait_ready(http, cfg, worker, deadline.bound(120))
+            await wait_http_ready("worker", f"{cfg.url}/health/ready", worker, deadline.bound(120))
             await wait_accounts_open(http, cfg, worker, workload.accounts, deadline.bound(120))
             await asyncio.sleep(3)  # > 2 commit intervals: the commands' offsets get committed
         finally:

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import os
 import platform
 import secrets
 import shutil
-import signal
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -54,7 +52,7 @@ from tests.bench.http_servers import (
     settle,
     wait_ready,
 )
-from tests.bench.procs import Deadline, Measured, Registry, start_watchdog
+from tests.bench.procs import Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import HTTP_COMPONENTS, render, summarise
 from tests.bench.workload import delete_topics_containing
 
@@ -332,32 +330,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def amain(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await bench(args, registry, Deadline(args.timeout))
-
-
 def main() -> int:
     args = parse_args()
-    registry = Registry()
-    atexit.register(registry.emergency_stop)
-
-    def expired() -> None:
-        print(f"\nwatchdog: still running {args.timeout + 60:.0f}s in; killing", file=sys.stderr)
-        registry.emergency_stop()
-        os._exit(124)
-
-    watchdog = start_watchdog(args.timeout + 60, expired)
-    try:
-        report = asyncio.run(amain(args, registry))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; processes stopped", file=sys.stderr)
+    report = run_bounded(args.timeout, lambda registry, deadline: bench(args, registry, deadline))
+    if report is None:
         return 130
-    finally:
-        watchdog.cancel()
-        registry.emergency_stop()
 
     rows = [Row(**r) for r in report["rows"]]
     print()

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import logging
 import os
 import platform
 import secrets
 import shutil
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,7 +41,7 @@ import orjson
 
 from tests.bench import atlas_variant
 from tests.bench.atlas_variant import COMMANDS, OUTCOMES, PAYMENTS, AtlasConfig
-from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry, start_watchdog
+from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import render, summarise
 from tests.bench.variant_common import VariantResult
 from tests.bench.workload import Workload, build, create_topics, delete_topics_containing, produce
@@ -537,36 +535,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def amain(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    deadline = Deadline(args.timeout)
-    return await bench(args, registry, deadline)
-
-
 def main() -> int:
     args = parse_args()
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    registry = Registry()
-    atexit.register(registry.emergency_stop)
-
-    def expired() -> None:
-        print(f"\nwatchdog: still running {args.timeout + 60:.0f}s in; killing", file=sys.stderr)
-        registry.emergency_stop()
-        os._exit(124)
-
-    watchdog = start_watchdog(args.timeout + 60, expired)
-    try:
-        report = asyncio.run(amain(args, registry))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; processes stopped", file=sys.stderr)
+    report = run_bounded(args.timeout, lambda registry, deadline: bench(args, registry, deadline))
+    if report is None:
         return 130
-    finally:
-        watchdog.cancel()
-        registry.emergency_stop()
 
     rows = [Row(**r) for r in report.get("rows", [])]
     print()

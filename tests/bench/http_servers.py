@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 
-from tests.bench.procs import BenchTimeout, Measured
+from tests.bench.procs import BenchTimeout, Measured, wait_http_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ATLAS = str(Path(sys.executable).with_name("atlas"))
@@ -231,23 +230,9 @@ def atlas_server(
 
 async def wait_ready(server: Server, proc: Measured) -> float:
     """Seconds until the server's readiness path answered 200."""
-    started = time.monotonic()
-    last = ""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-        while time.monotonic() - started < server.ready_timeout_s:
-            if not proc.alive:
-                raise RuntimeError(
-                    f"{server.name} exited with {proc.proc.returncode}; see {proc.log_path}"
-                )
-            try:
-                async with http.get(server.url + server.ready_path) as r:
-                    if r.status == 200:
-                        return time.monotonic() - started
-                    last = f"{r.status} {(await r.text())[:300]}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = repr(exc)
-            await asyncio.sleep(0.5)
-    raise BenchTimeout(f"{server.name} not ready after {server.ready_timeout_s:.0f}s: {last}")
+    return await wait_http_ready(
+        server.name, server.url + server.ready_path, proc, server.ready_timeout_s
+    )
 
 
 async def settle(proc: Measured, *, idle_share: float = 0.1, limit_s: float = 60) -> bool:

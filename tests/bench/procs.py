@@ -8,17 +8,20 @@ on exit and by the watchdog.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import bisect
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import aiohttp
 import psutil
 
 
@@ -243,3 +246,57 @@ def start_watchdog(seconds: float, on_expiry: Callable[[], None]) -> threading.T
     timer.daemon = True
     timer.start()
     return timer
+
+
+def run_bounded(
+    timeout_s: float, bench: Callable[[Registry, Deadline], Awaitable[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """Run a benchmark to its report, or None if it was interrupted (SIGINT or SIGTERM).
+
+    Whatever happens, every process it started is stopped on the way out; a watchdog kills
+    them and exits (124) if the run is still going a minute past its own bound.
+    """
+    registry = Registry()
+    atexit.register(registry.emergency_stop)
+
+    def expired() -> None:
+        print(f"\nwatchdog: still running {timeout_s + 60:.0f}s in; killing", file=sys.stderr)
+        registry.emergency_stop()
+        os._exit(124)
+
+    async def bounded() -> dict[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await bench(registry, Deadline(timeout_s))
+
+    watchdog = start_watchdog(timeout_s + 60, expired)
+    try:
+        return asyncio.run(bounded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted; processes stopped", file=sys.stderr)
+        return None
+    finally:
+        watchdog.cancel()
+        registry.emergency_stop()
+
+
+async def wait_http_ready(name: str, url: str, proc: Measured, timeout_s: float) -> float:
+    """Seconds until `url` answered 200; fails early if `proc` exited."""
+    started = time.monotonic()
+    last = ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while time.monotonic() - started < timeout_s:
+            if not proc.alive:
+                raise RuntimeError(
+                    f"{name} exited with {proc.proc.returncode}; see {proc.log_path}"
+                )
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return time.monotonic() - started
+                    last = f"{r.status} {(await r.text())[:300]}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.5)
+    raise BenchTimeout(f"{name} not ready after {timeout_s:.0f}s (last answer: {last})")
