@@ -1,7 +1,7 @@
 """HTTP write throughput: Atlas's `POST /v1/transfers` against a bare aiohttp INSERT and FastAPI.
 
     .venv/bin/python -m tests.bench.bench_http [--concurrency 16,32] [--warmup 3] [--duration 12]
-        [--servers bare,fastapi,atlas] [--timeout 900] [--keep] [--profile]
+        [--servers bare,fastapi,atlas,atlas-write] [--timeout 900] [--keep] [--profile]
 
 Defaults can also come from BENCH_HTTP_CONCURRENCY, BENCH_HTTP_WARMUP_S, BENCH_HTTP_DURATION_S.
 
@@ -11,7 +11,14 @@ once and measured at each concurrency:
 
 - bare: aiohttp, orjson parse, one INSERT into the outbox, 202 (`http_bare.py`);
 - fastapi: FastAPI + uvicorn doing Atlas's per-request work (`http_fastapi.py`);
-- atlas: `atlas worker` with its limiter set out of reach, in a topic namespace of its own.
+- atlas: `atlas worker` with its limiter set out of reach, in a topic namespace of its own:
+  its relay publishes and its agents apply the transfers while it serves (the whole worker);
+- atlas-write: the same worker while the bench holds the relay's advisory lock, so its relay
+  stands by and nothing reaches the agents: the write path alone. Once measured, the lock is
+  let go and the time the relay takes to publish the backlog is printed.
+
+Beside requests/s and latency, each row says where the machine's CPU went per request (the
+server, PostgreSQL, Kafka, Redis, the rest): on a small machine they all share the cores.
 
 Each measurement is a wrk warm-up, then a measured wrk run (`wrk_post.lua`: a new
 Idempotency-Key per request). The write tables are emptied before each server starts, and a
@@ -25,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import secrets
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -42,7 +51,14 @@ import orjson
 from streams.settings import Settings
 from tests.bench.atlas_variant import PY_SPY
 from tests.bench.http_load import WrkResult, run_wrk
-from tests.bench.http_report import Row, fmt, log_findings, ratios, render_table
+from tests.bench.http_report import (
+    Row,
+    fmt,
+    log_findings,
+    ratios,
+    render_cpu_table,
+    render_table,
+)
 from tests.bench.http_servers import (
     BenchDatabase,
     Server,
@@ -52,13 +68,14 @@ from tests.bench.http_servers import (
     settle,
     wait_ready,
 )
+from tests.bench.machine_cpu import per_request_us, snapshot, spent
 from tests.bench.procs import Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import HTTP_COMPONENTS, render, summarise
 from tests.bench.workload import delete_topics_containing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"
-SERVERS = ("bare", "fastapi", "atlas")
+SERVERS = ("bare", "fastapi", "atlas", "atlas-write")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -81,29 +98,55 @@ async def measure_server(
     report: dict[str, Any],
 ) -> None:
     await db.empty_write_tables()
-    proc = await registry.spawn(
-        server.kind,
-        server.argv,
-        env=server.env,
-        cwd=REPO_ROOT,
-        log_path=run_dir / f"{server.kind}.log",
+    async with contextlib.AsyncExitStack() as held:
+        if server.relay_held:
+            await held.enter_async_context(db.relay_lock_held())
+        proc = await registry.spawn(
+            server.kind,
+            server.argv,
+            env=server.env,
+            cwd=REPO_ROOT,
+            log_path=run_dir / f"{server.kind}.log",
+        )
+        try:
+            ready_s = await wait_ready(server, proc)
+            print(f"{server.name}: ready in {ready_s:.1f}s on port {server.port}", flush=True)
+            for connections in args.concurrency:
+                deadline.bound(args.warmup + args.duration + 60)
+                row, extra = await _measure_once(
+                    server, proc, connections, args, db, registry, run_dir
+                )
+                report["rows"].append(asdict(row))
+                report["details"].append(extra)
+                print(
+                    f"  c={connections}: {fmt(row.requests_per_s, ',.0f')} req/s, "
+                    f"p99 {fmt(row.p99_ms, '.1f')} ms, non-2xx {row.non_2xx}; {row.detail}",
+                    flush=True,
+                )
+            if server.relay_held:
+                await held.aclose()  # the worker's relay takes the lead and publishes
+                report["drains"][server.name] = await _drain(db, args.drain_timeout)
+        finally:
+            await proc.stop(grace_s=30)
+            report["log_findings"][server.name] = log_findings(proc.log_path)
+
+
+async def _drain(db: BenchDatabase, timeout_s: float) -> dict[str, float | int | bool]:
+    """How long the relay, once it leads, takes to publish what the measured runs accepted."""
+    rows = await db.unpublished()
+    started = time.monotonic()
+    left = rows
+    while left and time.monotonic() - started < timeout_s:
+        await asyncio.sleep(0.5)
+        left = await db.unpublished()
+    took = time.monotonic() - started
+    done = {"rows": rows, "seconds": round(took, 1), "left": left, "complete": left == 0}
+    print(
+        f"  relay released: published {rows - left:,} of {rows:,} rows in {took:.1f}s"
+        f" ({(rows - left) / took if took else 0:,.0f} rows/s)",
+        flush=True,
     )
-    try:
-        ready_s = await wait_ready(server, proc)
-        print(f"{server.name}: ready in {ready_s:.1f}s on port {server.port}", flush=True)
-        for connections in args.concurrency:
-            deadline.bound(args.warmup + args.duration + 60)
-            row, extra = await _measure_once(server, proc, connections, args, db, registry, run_dir)
-            report["rows"].append(asdict(row))
-            report["details"].append(extra)
-            print(
-                f"  c={connections}: {fmt(row.requests_per_s, ',.0f')} req/s, "
-                f"p99 {fmt(row.p99_ms, '.1f')} ms, non-2xx {row.non_2xx}; {row.detail}",
-                flush=True,
-            )
-    finally:
-        await proc.stop(grace_s=30)
-        report["log_findings"][server.name] = log_findings(proc.log_path)
+    return done
 
 
 async def _measure_once(
@@ -140,10 +183,12 @@ async def _measure_once(
             ],
             run_dir / f"{tag}.py-spy.log",
         )
-        if args.profile and server.kind == "atlas"
+        if args.profile and server.kind.startswith("atlas")
         else None
     )
+    before = snapshot(proc.pid)
     result = await wrk(args.duration, prefix, f"wrk-{tag}.log")
+    cpu = spent(before, snapshot(proc.pid))
     if profiler is not None:
         await asyncio.wait_for(profiler.wait(), timeout=30)
     durable: bool | None = None
@@ -153,6 +198,7 @@ async def _measure_once(
         "concurrency": connections,
         "settled_before_run": settled,
         "wrk": asdict(result),
+        "cpu_s": cpu,
     }
     if server.keyed:
         # A 2xx is sent only after its transaction committed, so its row is visible now;
@@ -182,6 +228,8 @@ async def _measure_once(
         server_cpu_pct=_cpu_pct(proc, result),
         durable=durable,
         detail=detail,
+        cpu_us=per_request_us(cpu, result.requests),
+        machine_busy_pct=100 * cpu["machine"] / max(result.ended_wall - result.started_wall, 1e-9),
     )
     return row, extra
 
@@ -216,6 +264,7 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
         "rows": [],
         "details": [],
         "log_findings": {},
+        "drains": {},
     }
     print(f"run {run_id}: database {db.name}, logs in {run_dir}", flush=True)
     servers = {
@@ -227,6 +276,14 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
             redis_url=settings.redis_url.get_secret_value(),
             run_id=run_id,
             data_dir=run_dir / "atlas-data",
+        ),
+        "atlas-write": lambda: atlas_server(
+            db.url,
+            kafka=settings.kafka_bootstrap_servers,
+            redis_url=settings.redis_url.get_secret_value(),
+            run_id=run_id,
+            data_dir=run_dir / "atlas-write-data",
+            relay_held=True,
         ),
     }
     try:
@@ -256,14 +313,15 @@ async def _clean_up(
         report["database_dropped"] = True
     except Exception as exc:
         report["database_dropped"] = f"failed: {exc!r}"
-    if "atlas" in report["args"]["servers"]:
+    if {"atlas", "atlas-write"} & set(report["args"]["servers"]):
         try:
             report["topics_deleted"] = await asyncio.wait_for(
                 delete_topics_containing(settings.kafka_bootstrap_servers, run_id), timeout=30
             )
         except Exception as exc:
             report["topics_deleted"] = f"failed: {exc!r}"
-    shutil.rmtree(run_dir / "atlas-data", ignore_errors=True)
+    for data in ("atlas-data", "atlas-write-data"):
+        shutil.rmtree(run_dir / data, ignore_errors=True)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -307,6 +365,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--servers", default=",".join(SERVERS), help="comma separated, in order")
     p.add_argument("--timeout", type=float, default=900.0, help="hard bound of the whole run, s")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the relay to publish what atlas-write accepted",
+    )
     p.add_argument("--keep", action="store_true", help="keep the database, topics and state")
     p.add_argument(
         "--profile",
@@ -339,6 +403,8 @@ def main() -> int:
     rows = [Row(**r) for r in report["rows"]]
     print()
     print(render_table(rows))
+    print()
+    print(render_cpu_table(rows))
     print(
         f"wrk: {args.warmup:.0f}s warm-up, then {args.duration:.0f}s measured, per row; "
         "server CPU % is the server process only (100 = one core)"
@@ -349,6 +415,11 @@ def main() -> int:
         if findings:
             top = ", ".join(f"{n}x {what}" for what, n in list(findings.items())[:5])
             print(f"{server} log: {top}")
+    for name, drain in report["drains"].items():
+        print(
+            f"{name}: the relay then published {drain['rows'] - drain['left']:,} of "
+            f"{drain['rows']:,} accepted writes in {drain['seconds']}s"
+        )
     for error in report.get("errors", []):
         print(f"not measured: {error}")
     out = OUT_DIR / f"http-{report['started_at']}.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -14,7 +14,7 @@ _NUMBER = re.compile(r"\d+")
 
 @dataclass
 class Row:
-    kind: str  # bare, fastapi, atlas
+    kind: str  # bare, fastapi, atlas, atlas-write
     server: str
     concurrency: int
     requests: int
@@ -26,6 +26,9 @@ class Row:
     server_cpu_pct: float | None  # the server process during the measured run, 100 = one core
     durable: bool | None  # 2xx <= outbox rows of the run's keys; None when not checked
     detail: str
+    # CPU microseconds per request during the measured run, by group (tests/bench/machine_cpu)
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    machine_busy_pct: float | None = None  # all cores, 100 = one core
 
 
 def fmt(value: float | int | None, spec: str) -> str:
@@ -59,20 +62,56 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+CPU_GROUPS = ("server", "postgres", "kafka", "redis", "other", "machine")
+
+
+def render_cpu_table(rows: list[Row]) -> str:
+    """Where each request's CPU went, machine-wide: the peers' budgets side by side."""
+    header = ["server", "conc", *(f"{g} us" for g in CPU_GROUPS), "machine busy %"]
+    body = [
+        [
+            r.server,
+            str(r.concurrency),
+            *(fmt(r.cpu_us.get(g), ".0f") for g in CPU_GROUPS),
+            fmt(r.machine_busy_pct, ".0f"),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    for cells in body:
+        lines.append(
+            " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+    lines.append(
+        "CPU per request (us) during the measured run; other = wrk and the rest of the machine; "
+        "machine busy % is all cores (100 = one core)"
+    )
+    return "\n".join(lines)
+
+
 def ratios(rows: list[Row]) -> dict[str, float | None]:
-    """Atlas against each peer, per concurrency."""
+    """Each Atlas variant against each peer, per concurrency."""
     by = {(r.kind, r.concurrency): r for r in rows}
     out: dict[str, float | None] = {}
-    for c in sorted({r.concurrency for r in rows}):
-        atlas, bare, fastapi = by.get(("atlas", c)), by.get(("bare", c)), by.get(("fastapi", c))
-        if atlas is None:
-            continue
-        if bare is not None:
-            out[f"c={c} atlas/bare req/s"] = _ratio(atlas.requests_per_s, bare.requests_per_s)
-        if fastapi is not None:
-            out[f"c={c} atlas/fastapi req/s"] = _ratio(atlas.requests_per_s, fastapi.requests_per_s)
-        if bare is not None:
-            out[f"c={c} atlas p99 / bare p99"] = _ratio(atlas.p99_ms, bare.p99_ms)
+    for kind in ("atlas", "atlas-write"):
+        for c in sorted({r.concurrency for r in rows}):
+            atlas, bare = by.get((kind, c)), by.get(("bare", c))
+            fastapi = by.get(("fastapi", c))
+            if atlas is None:
+                continue
+            if bare is not None:
+                out[f"c={c} {kind}/bare req/s"] = _ratio(atlas.requests_per_s, bare.requests_per_s)
+            if fastapi is not None:
+                out[f"c={c} {kind}/fastapi req/s"] = _ratio(
+                    atlas.requests_per_s, fastapi.requests_per_s
+                )
+            if bare is not None:
+                out[f"c={c} {kind} p99 / bare p99"] = _ratio(atlas.p99_ms, bare.p99_ms)
     return out
 
 

@@ -15,18 +15,22 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from streams.relay import RELAY_LOCK_ID
 from tests.bench.procs import BenchTimeout, Measured, wait_http_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ATLAS = str(Path(sys.executable).with_name("atlas"))
 # High enough that Atlas's per-client limiter never refuses a benchmark request.
 UNLIMITED_RATE = "1000000"
+# Out of reach of any run: with the relay held, every accepted write stays unpublished.
+UNLIMITED_BACKLOG = "100000000"
 
 
 def free_port() -> int:
@@ -123,6 +127,24 @@ class BenchDatabase:
         assert row is not None
         return int(row["keys"]), int(row["outbox_rows"])
 
+    @contextlib.asynccontextmanager
+    async def relay_lock_held(self) -> AsyncIterator[None]:
+        """Hold the relay's advisory lock: a worker started inside stands by as a relay."""
+        conn = await asyncpg.connect(self.url, timeout=10)
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_ID)
+            yield
+        finally:
+            await conn.close()  # the lock goes with the session
+
+    async def unpublished(self) -> int:
+        conn = await asyncpg.connect(self.url, timeout=10)
+        try:
+            n = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        finally:
+            await conn.close()
+        return int(n)
+
     async def drop(self) -> None:
         conn = await asyncpg.connect(self.admin_url, timeout=10)
         try:
@@ -144,6 +166,9 @@ class Server:
     ready_path: str
     ready_timeout_s: float
     keyed: bool  # idempotency keys are stored: the outbox can be checked against the 2xx count
+    # The bench holds the relay's lock while it measures: nothing is published, so the worker's
+    # relay and agents stand idle and the write path is measured alone.
+    relay_held: bool = False
 
     @property
     def url(self) -> str:
@@ -197,17 +222,28 @@ def fastapi_server(database_url: str) -> Server:
 
 
 def atlas_server(
-    database_url: str, *, kafka: str, redis_url: str, run_id: str, data_dir: Path
+    database_url: str,
+    *,
+    kafka: str,
+    redis_url: str,
+    run_id: str,
+    data_dir: Path,
+    relay_held: bool = False,
 ) -> Server:
-    """`atlas worker` (the Procfile's command) with a topic namespace and group of its own."""
+    """`atlas worker` (the Procfile's command) with a topic namespace and group of its own.
+
+    With `relay_held` the bench keeps the relay's lock, so nothing reaches the agents while it
+    measures, and the backlog limit is set out of reach as the rate limit is.
+    """
     port = free_port()
+    name = f"{run_id}-atlas{'-write' if relay_held else ''}"
     env = {
         **base_env(),
         "KAFKA_BOOTSTRAP_SERVERS": kafka,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "ATLAS_APP_NAME": f"{run_id}-atlas",
-        "ATLAS_TOPIC_PREFIX": f"{run_id}.",
+        "ATLAS_APP_NAME": name,
+        "ATLAS_TOPIC_PREFIX": f"{name}.",
         "ATLAS_WEB_BIND": "127.0.0.1",
         "ATLAS_WEB_HOST": "127.0.0.1",
         "ATLAS_WEB_PORT": str(port),
@@ -216,15 +252,18 @@ def atlas_server(
         "ATLAS_RATE_LIMIT_PER_S": UNLIMITED_RATE,
         "ATLAS_RATE_LIMIT_BURST": UNLIMITED_RATE,
     }
+    if relay_held:
+        env["ATLAS_OUTBOX_BACKLOG_LIMIT"] = UNLIMITED_BACKLOG
     return Server(
-        kind="atlas",
-        name="atlas worker",
+        kind="atlas-write" if relay_held else "atlas",
+        name="atlas, relay held" if relay_held else "atlas worker",
         argv=[ATLAS, "worker"],
         env=env,
         port=port,
         ready_path="/health/ready",
         ready_timeout_s=180,
         keyed=True,
+        relay_held=relay_held,
     )
 
 
