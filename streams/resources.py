@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from streams.logs import get_logger
 from streams.resilience import Breakers
 from streams.settings import Settings
+from web.idempotency import pool_settings
 from web.metrics import REGISTRY
 
 log = get_logger(__name__)
@@ -57,6 +58,15 @@ async def observe_queries(conn: asyncpg.Connection) -> None:
     conn.add_query_logger(_log_query)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (a round trip on every release).
+
+    Nothing borrows a pool connection to change its session: no session SET, LISTEN or
+    advisory lock (the relay and migrations use connections of their own), and transactions
+    are scoped. asyncpg still rolls back a transaction left open before this is called.
+    """
+
+
 class Resources(Service):
     """Owns the clients every other part of the worker borrows."""
 
@@ -79,6 +89,8 @@ class Resources(Service):
             timeout=s.postgres_timeout_s,
             command_timeout=s.postgres_timeout_s,
             init=observe_queries,
+            reset=keep_session,
+            server_settings=pool_settings(s.postgres_lock_timeout_s),
         )
         pool = self.pg
         PG_POOL_SIZE.set_function(lambda: pool.get_size())

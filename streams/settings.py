@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     postgres_timeout_s: float = Field(default=2.0, gt=0)
     redis_timeout_s: float = Field(default=1.0, gt=0)
     kafka_timeout_s: float = Field(default=3.0, gt=0)
+    # The longest a statement of the worker's pool waits for a row lock (PostgreSQL's
+    # lock_timeout): a write whose Idempotency-Key another request holds gets 409 past it.
+    postgres_lock_timeout_s: float = Field(default=0.2, gt=0)
     postgres_pool_min: int = Field(default=0, ge=0)
     postgres_pool_max: int = Field(default=10, ge=1)
 

@@ -3,9 +3,9 @@
 One PostgreSQL transaction claims the key (client, key), writes the outbox rows and stores the
 response: a request that returned 202 has its command in the outbox, and a retry of it gets
 the same response back without writing again. Concurrency falls out of the unique key: a
-second request with the same key waits on the first one's claim for at most `busy_wait`, then
-is told 409 (the first is still in flight), or replays the first one's response once it
-committed.
+second request with the same key waits on the first one's claim for at most the pool's
+`lock_timeout` (`pool_settings`), then is told 409 (the first is still in flight), or replays
+the first one's response once it committed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class OutboxRow:
     aggregate_id: str
     event_type: str
     topic: str
-    payload: dict[str, Any]
+    payload_json: str  # the message, encoded once, stored as jsonb
     headers: dict[str, str] = field(default_factory=dict)
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
@@ -84,22 +84,37 @@ class Pending:
     key: str
     request_fingerprint: bytes
     effect: Effect
+    headers: dict[str, str] = field(default_factory=dict)  # onto each of its outbox rows
+
+    def row_headers(self, row: OutboxRow) -> dict[str, str]:
+        return {**row.headers, **self.headers} if self.headers else row.headers
 
 
-_CLAIM_MANY = """
-INSERT INTO idempotency_keys (client_id, idempotency_key, fingerprint, state, resource_id,
-                              response_status, response_body, expires_at)
-SELECT c, k, f, 'completed', r, s, b::jsonb, now() + make_interval(secs => $7)
-FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::text[])
-    AS t(c, k, f, r, s, b)
-ON CONFLICT (client_id, idempotency_key) DO NOTHING
-RETURNING client_id, idempotency_key
-"""
-_OUTBOX_MANY = """
-INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, topic, payload, headers)
-SELECT i, at, ai, et, tp, p::jsonb, h::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-    AS t(i, at, ai, et, tp, p, h)
+# One statement, so one round trip and its own transaction: claim the keys (a key stored
+# already, or held by a transaction in flight, is skipped), write the outbox rows of the keys
+# claimed, and wake the relay if any were. Both INSERTs commit together or not at all.
+_WRITE_MANY = """
+WITH claimed AS (
+    INSERT INTO idempotency_keys (client_id, idempotency_key, fingerprint, state, resource_id,
+                                  response_status, response_body, expires_at)
+    SELECT c, k, f, 'completed', r, s, b::jsonb, now() + make_interval(secs => $7)
+    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::text[])
+        AS t(c, k, f, r, s, b)
+    ON CONFLICT (client_id, idempotency_key) DO NOTHING
+    RETURNING client_id, idempotency_key
+), written AS (
+    INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, topic, payload, headers)
+    SELECT o.i, o.at, o.ai, o.et, o.tp, o.p::jsonb, o.h::jsonb
+    FROM unnest($8::uuid[], $9::text[], $10::uuid[], $11::text[], $12::text[], $13::text[],
+                $14::text[], $15::text[], $16::text[]) WITH ORDINALITY
+        AS o(c, k, i, at, ai, et, tp, p, h, n)
+    WHERE (o.c, o.k) IN (SELECT client_id, idempotency_key FROM claimed)
+    ORDER BY o.n
+    RETURNING 1
+)
+SELECT client_id, idempotency_key,
+       (SELECT pg_notify($17, '')::text FROM written LIMIT 1) AS notified
+FROM claimed
 """
 _STORED_MANY = """
 SELECT client_id, idempotency_key, fingerprint, state, response_status, response_body
@@ -108,15 +123,20 @@ WHERE (client_id, idempotency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text
 """
 
 
+def pool_settings(lock_wait_s: float) -> dict[str, str]:
+    """Session settings of a pool that `run_batch` writes through.
+
+    `lock_timeout` bounds how long a write waits on a key that another request's transaction
+    holds: past it the batch fails with LockNotAvailableError, and its requests are retried
+    alone (`GroupCommit`), the one with the held key getting 409.
+    """
+    return {"lock_timeout": f"{max(1, round(lock_wait_s * 1000))}ms"}
+
+
 async def run_batch(
-    pool: asyncpg.Pool,
-    batch: list[Pending],
-    *,
-    retention_s: float,
-    timeout_s: float,
-    busy_wait_s: float,
+    pool: asyncpg.Pool, batch: list[Pending], *, retention_s: float, timeout_s: float
 ) -> list[Result | Exception]:
-    """Many requests' writes in one transaction; one outcome per request, in order.
+    """Many requests' writes in one statement (one transaction); one outcome per request.
 
     Per request: claim its key, or find it taken; a new claim writes the request's outbox rows;
     a taken key replays its stored answer (same fingerprint, completed), or is refused (422 for
@@ -124,47 +144,43 @@ async def run_batch(
 
     A new key is stored completed together with its outbox rows, so there is no in-flight
     state to clean up: a concurrent request with the same key waits on the unique index until
-    this transaction ends, then replays (or is told 409 after `busy_wait_s`). Two requests of one
-    batch with the same key: the first is taken, the second replays it.
+    the statement holding it ends (at most the pool's `lock_timeout`, see `pool_settings`),
+    then replays. Two requests of one batch with the same key: the first is written, the
+    second replays it.
     """
-    async with pool.acquire(timeout=timeout_s) as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{int(busy_wait_s * 1000)}ms'")
+    firsts: dict[tuple[uuid.UUID, str], Pending] = {}
+    for p in batch:
+        firsts.setdefault((p.client_id, p.key), p)
+    claims = list(firsts.values())
+    rows = [(p, r) for p in claims for r in p.effect.rows]
+    async with pool.acquire(timeout=timeout_s) as conn:
         try:
             claimed_rows = await conn.fetch(
-                _CLAIM_MANY,
-                [p.client_id for p in batch],
-                [p.key for p in batch],
-                [p.request_fingerprint for p in batch],
-                [p.effect.resource_id for p in batch],
-                [p.effect.status for p in batch],
-                [orjson.dumps(p.effect.body).decode() for p in batch],
+                _WRITE_MANY,
+                [p.client_id for p in claims],
+                [p.key for p in claims],
+                [p.request_fingerprint for p in claims],
+                [p.effect.resource_id for p in claims],
+                [p.effect.status for p in claims],
+                [orjson.dumps(p.effect.body).decode() for p in claims],
                 retention_s,
+                [p.client_id for p, _ in rows],
+                [p.key for p, _ in rows],
+                [r.id for _, r in rows],
+                [r.aggregate_type for _, r in rows],
+                [r.aggregate_id for _, r in rows],
+                [r.event_type for _, r in rows],
+                [r.topic for _, r in rows],
+                [r.payload_json for _, r in rows],
+                [orjson.dumps(p.row_headers(r)).decode() for p, r in rows],
+                NOTIFY_CHANNEL,
                 timeout=timeout_s,
             )
         except asyncpg.LockNotAvailableError:
             raise RequestInFlight("a key of this batch is in flight elsewhere") from None
         claimed = {(r["client_id"], r["idempotency_key"]) for r in claimed_rows}
-        taken: set[tuple[uuid.UUID, str]] = set()
-        winners: list[Pending] = []
-        for p in batch:
-            if (p.client_id, p.key) in claimed and (p.client_id, p.key) not in taken:
-                taken.add((p.client_id, p.key))
-                winners.append(p)
-        rows = [r for p in winners for r in p.effect.rows]
-        if rows:
-            await conn.execute(
-                _OUTBOX_MANY,
-                [r.id for r in rows],
-                [r.aggregate_type for r in rows],
-                [r.aggregate_id for r in rows],
-                [r.event_type for r in rows],
-                [r.topic for r in rows],
-                [orjson.dumps(r.payload).decode() for r in rows],
-                [orjson.dumps(r.headers).decode() for r in rows],
-                timeout=timeout_s,
-            )
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL, timeout=timeout_s)
-        losers = [p for p in batch if p not in winners]
+        written = {id(firsts[k]) for k in claimed}
+        losers = [p for p in batch if id(p) not in written]
         stored: dict[tuple[uuid.UUID, str], Any] = {}
         if losers:
             found = await conn.fetch(
@@ -176,7 +192,7 @@ async def run_batch(
             stored = {(r["client_id"], r["idempotency_key"]): r for r in found}
     outcomes: list[Result | Exception] = []
     for p in batch:
-        if any(w is p for w in winners):
+        if id(p) in written:
             outcomes.append(Result(p.effect.status, p.effect.body))
             continue
         row = stored.get((p.client_id, p.key))
@@ -201,8 +217,8 @@ class GroupCommit:
     once; under load the per-transaction cost is shared by the whole batch.
 
     A batch that fails as a whole (a connection error, or a key held by another transaction
-    past `busy_wait_s`) is run again one request at a time, so one request's trouble is not
-    its neighbours'.
+    past the pool's `lock_timeout`) is run again one request at a time, so one request's
+    trouble is not its neighbours'.
     """
 
     def __init__(
@@ -211,12 +227,11 @@ class GroupCommit:
         *,
         retention_s: float,
         timeout_s: float,
-        busy_wait_s: float,
         max_batch: int = 128,
         concurrency: int = 4,
     ) -> None:
         self._pool = pool
-        self.retention_s, self.timeout_s, self.busy_wait_s = retention_s, timeout_s, busy_wait_s
+        self.retention_s, self.timeout_s = retention_s, timeout_s
         self._coalescer: Coalescer[Pending, Result] = Coalescer(
             self._commit, max_batch=max_batch, concurrency=concurrency
         )
@@ -234,11 +249,7 @@ class GroupCommit:
     async def _run(
         self, pool: asyncpg.Pool, batch: list[Pending], alone: bool
     ) -> list[Result | Exception]:
-        options = {
-            "retention_s": self.retention_s,
-            "timeout_s": self.timeout_s,
-            "busy_wait_s": self.busy_wait_s,
-        }
+        options = {"retention_s": self.retention_s, "timeout_s": self.timeout_s}
         self.transactions += 1
         WRITE_BATCH.observe(len(batch))
         try:

@@ -64,7 +64,7 @@ def outbox_insert(request: web.Request, pending: Pending) -> Iterator[Pending]:
         inbound = request.headers.get(tracing.TRACEPARENT)
         if tracing.trace_id_of(inbound) is not None:
             headers[tracing.TRACEPARENT] = str(inbound).strip().lower()
-        yield with_row_headers(pending, headers)
+        yield with_headers(pending, headers)
         return
     rows = pending.effect.rows
     with tracing.span(
@@ -73,11 +73,11 @@ def outbox_insert(request: web.Request, pending: Pending) -> Iterator[Pending]:
     ):
         if traceparent := tracing.current_traceparent():
             headers[tracing.TRACEPARENT] = traceparent
-        yield with_row_headers(pending, headers)
+        yield with_headers(pending, headers)
 
 
-def with_row_headers(pending: Pending, headers: dict[str, str]) -> Pending:
+def with_headers(pending: Pending, headers: dict[str, str]) -> Pending:
+    """`pending` whose outbox rows get `headers` too (`Pending.row_headers`)."""
     if not headers:
         return pending
-    rows = [replace(r, headers={**r.headers, **headers}) for r in pending.effect.rows]
-    return replace(pending, effect=replace(pending.effect, rows=rows))
+    return replace(pending, headers={**pending.headers, **headers})

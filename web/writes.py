@@ -59,7 +59,6 @@ class WriteViews:
             pool,
             retention_s=settings.idempotency_retention_s,
             timeout_s=settings.postgres_timeout_s,
-            busy_wait_s=0.2,
         )
         self.commands_topic = settings.topic_prefix + COMMANDS
 
@@ -126,7 +125,7 @@ class WriteViews:
             aggregate_id=command.account_id,
             event_type=type(command).__name__,
             topic=self.commands_topic,
-            payload=orjson.loads(encode_command(command)),
+            payload_json=encode_command(command).decode(),
         )
         return Effect(202, body, resource, [row])
 

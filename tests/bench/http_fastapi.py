@@ -45,7 +45,10 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = Settings()
     async with asyncpg.create_pool(
-        settings.database_url.get_secret_value(), min_size=1, max_size=settings.postgres_pool_max
+        settings.database_url.get_secret_value(),
+        min_size=1,
+        max_size=settings.postgres_pool_max,
+        server_settings=idempotency.pool_settings(settings.postgres_lock_timeout_s),
     ) as pool:
         app.state.settings = settings
         app.state.pool = pool
@@ -96,7 +99,7 @@ async def request_transfer(
                 aggregate_id=command.account_id,
                 event_type="RequestTransfer",
                 topic=settings.topic_prefix + COMMANDS,
-                payload=orjson.loads(encode_command(command)),
+                payload_json=encode_command(command).decode(),
             )
         ],
     )
@@ -114,7 +117,6 @@ async def request_transfer(
             [pending],
             retention_s=settings.idempotency_retention_s,
             timeout_s=settings.postgres_timeout_s,
-            busy_wait_s=0.2,
         )
         if isinstance(outcome, Exception):
             raise outcome

@@ -7,12 +7,14 @@ import uuid
 from collections.abc import Callable
 
 import asyncpg
+import orjson
 import pytest
 
 from web import idempotency
 from web.idempotency import Effect, OutboxRow
 
 pytestmark = pytest.mark.integration
+LOCK_WAIT = idempotency.pool_settings(0.2)  # as the worker's pool has it
 
 
 @pytest.fixture
@@ -32,7 +34,11 @@ async def new_client(pool: asyncpg.Pool) -> uuid.UUID:
 def effect() -> Effect:
     transfer_id = str(uuid.uuid4())
     row = OutboxRow(
-        "account", "acc-1", "RequestTransfer", "t.commands", {"transfer_id": transfer_id}
+        "account",
+        "acc-1",
+        "RequestTransfer",
+        "t.commands",
+        orjson.dumps({"transfer_id": transfer_id}).decode(),
     )
     return Effect(202, {"transfer_id": transfer_id, "status": "pending"}, transfer_id, [row])
 
@@ -42,7 +48,7 @@ async def run(
 ) -> idempotency.Result:
     """One request in a transaction of its own: its result, or the exception it gets."""
     (outcome,) = await idempotency.run_batch(
-        pool, [pending(client, key, body)], retention_s=3600, timeout_s=5, busy_wait_s=0.2
+        pool, [pending(client, key, body)], retention_s=3600, timeout_s=5
     )
     if isinstance(outcome, Exception):
         raise outcome
@@ -50,7 +56,7 @@ async def run(
 
 
 async def test_a_retry_replays_and_another_payload_is_refused(db_url: str) -> None:
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    pool = await asyncpg.create_pool(db_url, server_settings=LOCK_WAIT, min_size=1, max_size=4)
     try:
         client = await new_client(pool)
         first = await run(pool, client, "k1", {"amount": 5, "to": "b"})
@@ -73,7 +79,7 @@ async def test_a_retry_replays_and_another_payload_is_refused(db_url: str) -> No
 
 
 async def test_fifty_concurrent_requests_with_one_key_write_once(db_url: str) -> None:
-    pool = await asyncpg.create_pool(db_url, min_size=10, max_size=50)
+    pool = await asyncpg.create_pool(db_url, server_settings=LOCK_WAIT, min_size=10, max_size=50)
     try:
         client = await new_client(pool)
         body = {"amount": 5, "to": "b"}
@@ -98,13 +104,11 @@ def pending(client: uuid.UUID, key: str, body: dict[str, object]) -> idempotency
 
 
 def committer(pool: asyncpg.Pool) -> idempotency.GroupCommit:
-    return idempotency.GroupCommit(
-        lambda: pool, retention_s=3600, timeout_s=5, busy_wait_s=0.2, concurrency=2
-    )
+    return idempotency.GroupCommit(lambda: pool, retention_s=3600, timeout_s=5, concurrency=2)
 
 
 async def test_group_commit_shares_transactions_and_keeps_every_answer(db_url: str) -> None:
-    pool = await asyncpg.create_pool(db_url, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(db_url, server_settings=LOCK_WAIT, min_size=2, max_size=4)
     try:
         client = await new_client(pool)
         group = committer(pool)
@@ -127,7 +131,7 @@ async def test_group_commit_shares_transactions_and_keeps_every_answer(db_url: s
 
 
 async def test_group_commit_with_one_key_from_fifty_requests_writes_once(db_url: str) -> None:
-    pool = await asyncpg.create_pool(db_url, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(db_url, server_settings=LOCK_WAIT, min_size=2, max_size=4)
     try:
         client = await new_client(pool)
         group = committer(pool)
@@ -146,7 +150,7 @@ async def test_group_commit_with_one_key_from_fifty_requests_writes_once(db_url:
 
 
 async def test_a_key_held_elsewhere_fails_only_its_own_request(db_url: str) -> None:
-    pool = await asyncpg.create_pool(db_url, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(db_url, server_settings=LOCK_WAIT, min_size=2, max_size=4)
     holder = await asyncpg.connect(db_url)
     try:
         client = await new_client(pool)
