@@ -8,6 +8,7 @@ exception into a response.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -30,6 +31,7 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 
 log = get_logger("atlas.http")
+_access_log = logging.getLogger("atlas.http")  # asked first: a dropped line still costs ~2 us
 
 
 def correlation_id_of(request: web.Request) -> str:
@@ -65,7 +67,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     route = route_template(request)
     HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
     HTTP_DURATION.labels(request.method, route).observe(elapsed)
-    if not route.startswith(("/health", "/metrics")):
+    if _access_log.isEnabledFor(logging.INFO) and not route.startswith(("/health", "/metrics")):
         log.info(
             "http request",
             method=request.method,

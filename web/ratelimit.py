@@ -10,6 +10,7 @@ in memory) and keeps taking writes, and health reports Redis as `warn`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
+from redis.exceptions import NoScriptError
 
 from streams.resilience import BreakerOpen, Breakers
 from web.coalesce import Coalescer
@@ -77,6 +79,7 @@ for _, key in ipairs(KEYS) do
 end
 return out
 """
+GCRA_SHA = hashlib.sha1(GCRA_LUA.encode()).hexdigest()  # EVALSHA: the script is sent once
 
 
 @dataclass(frozen=True)
@@ -166,12 +169,12 @@ class RateLimiter:
 
             async def in_redis() -> Any:
                 keys = [self.prefix + client for client in clients]
-                return await asyncio.wait_for(
-                    redis.eval(
-                        GCRA_LUA, len(keys), *keys, self.rate.interval_ms, self.rate.tolerance_ms
-                    ),
-                    self.timeout_s,
-                )
+                args = (len(keys), *keys, self.rate.interval_ms, self.rate.tolerance_ms)
+                async with asyncio.timeout(self.timeout_s):
+                    try:
+                        return await redis.evalsha(GCRA_SHA, *args)
+                    except NoScriptError:  # a restarted Redis: EVAL caches the script again
+                        return await redis.eval(GCRA_LUA, *args)
 
             started = time.perf_counter()
             try:

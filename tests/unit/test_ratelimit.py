@@ -1,12 +1,21 @@
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import NoScriptError
 
 from web.middleware import MIDDLEWARES
-from web.ratelimit import LocalLimiter, Rate, RateLimiter, gcra, rate_limit_middleware
+from web.ratelimit import (
+    GCRA_SHA,
+    LocalLimiter,
+    Rate,
+    RateLimiter,
+    gcra,
+    rate_limit_middleware,
+)
 
 
 def test_gcra_allows_the_burst_then_one_request_per_interval() -> None:
@@ -43,8 +52,10 @@ def test_the_local_limiter_keeps_clients_apart() -> None:
 
 
 class BrokenRedis:
-    async def eval(self, *args: Any) -> Any:
+    async def evalsha(self, *args: Any) -> Any:
         raise ConnectionError("redis is down")
+
+    eval = evalsha
 
 
 async def test_without_redis_the_local_limiter_decides() -> None:
@@ -53,6 +64,35 @@ async def test_without_redis_the_local_limiter_decides() -> None:
     assert [d.allowed for d in decisions] == [True, True, False]
     assert {d.limiter for d in decisions} == {"local"}
     assert limiter.redis_ok is False
+
+
+class ForgetfulRedis:
+    """A Redis that lost its script cache (restarted): EVALSHA fails until EVAL loads it."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.calls: list[str] = []
+
+    async def evalsha(self, sha: str, *args: Any) -> Any:
+        self.calls.append("evalsha")
+        if not self.loaded:
+            raise NoScriptError("NOSCRIPT No matching script.")
+        return [1, 0, 7]
+
+    async def eval(self, script: str, *args: Any) -> Any:
+        self.calls.append("eval")
+        assert hashlib.sha1(script.encode()).hexdigest() == GCRA_SHA
+        self.loaded = True
+        return [1, 0, 8]
+
+
+async def test_a_redis_without_the_script_gets_it_once() -> None:
+    redis = ForgetfulRedis()
+    limiter = RateLimiter(lambda: redis, Rate(per_second=1, burst=9), timeout_s=0.1)
+    first, second = await limiter.check("c"), await limiter.check("c")
+    assert (first.remaining, first.limiter) == (8, "redis")
+    assert (second.remaining, second.limiter) == (7, "redis")
+    assert redis.calls == ["evalsha", "eval", "evalsha"]
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ class CountingRedis:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def eval(self, *args: Any) -> Any:
+    async def evalsha(self, *args: Any) -> Any:
         self.calls += 1
         raise ConnectionError("redis is down")
 
