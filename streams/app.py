@@ -24,6 +24,7 @@ from streams.census import AccountCensus
 from streams.lag import LagMonitor
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
+from streams.loop_lag import LoopLagProbe
 from streams.relay import OutboxRelay
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
@@ -120,6 +121,7 @@ class AtlasApp(faust.App):
             self.backlog,
             self.lag_monitor,
             self.census,
+            LoopLagProbe(beacon=self.beacon),
             TopicDeclarer(self.topics_, beacon=self.beacon),
             self.relay,  # last: it stops first
         ]

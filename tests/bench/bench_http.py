@@ -71,6 +71,7 @@ from tests.bench.http_servers import (
 from tests.bench.machine_cpu import per_request_us, snapshot, spent
 from tests.bench.procs import Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import HTTP_COMPONENTS, render, summarise
+from tests.bench.worker_metrics import scrape, summary
 from tests.bench.workload import delete_topics_containing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +172,7 @@ async def _measure_once(
             log_path=run_dir / log_name,
         )
 
+    atlas = server.kind.startswith("atlas")
     settled = await settle(proc)
     await wrk(args.warmup, f"warm-{tag}-{secrets.token_hex(4)}", f"wrk-{tag}-warmup.log")
     prefix = f"run-{tag}-{secrets.token_hex(4)}"
@@ -183,12 +185,14 @@ async def _measure_once(
             ],
             run_dir / f"{tag}.py-spy.log",
         )
-        if args.profile and server.kind.startswith("atlas")
+        if args.profile and atlas
         else None
     )
+    metrics_before = await scrape(server.url) if atlas else {}
     before = snapshot(proc.pid)
     result = await wrk(args.duration, prefix, f"wrk-{tag}.log")
     cpu = spent(before, snapshot(proc.pid))
+    worker = summary(metrics_before, await scrape(server.url)) if atlas else {}
     if profiler is not None:
         await asyncio.wait_for(profiler.wait(), timeout=30)
     durable: bool | None = None
@@ -199,6 +203,7 @@ async def _measure_once(
         "settled_before_run": settled,
         "wrk": asdict(result),
         "cpu_s": cpu,
+        "worker_metrics": worker,
     }
     if server.keyed:
         # A 2xx is sent only after its transaction committed, so its row is visible now;
@@ -210,6 +215,12 @@ async def _measure_once(
             f"{'<=' if durable else '>'} {rows} outbox rows ({keys} completed keys)"
         )
         extra.update(completed_keys=keys, outbox_rows=rows)
+    if worker:
+        print(
+            "  worker: "
+            + ", ".join(f"{k} {fmt(v, '.3g')}" for k, v in worker.items() if v is not None),
+            flush=True,
+        )
     if profiler is not None and profile.exists():
         extra["profile"] = str(profile)
         extra["profile_summary"] = render(summarise(profile, top=25, rules=HTTP_COMPONENTS))
