@@ -18,7 +18,7 @@ from streams.relay import RELAY_LOCK_ID
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
 from tests.integration.stack import Stack
 from web.auth import create_client
-from web.ratelimit import Rate, RateLimiter
+from web.ratelimit import GCRA_LUA, Rate, RateLimiter
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
@@ -330,14 +330,15 @@ async def test_concurrent_checks_share_redis_calls_and_spend_the_budget_exactly(
         lambda: client, Rate(per_second=0.01, burst=5), timeout_s=2.0, prefix=f"t-{uuid.uuid4()}:"
     )
     calls = 0
-    original = client.eval
+    original = client.evalsha
+    await client.script_load(GCRA_LUA)  # as after the first call of any worker
 
     async def counted(*args: Any) -> Any:
         nonlocal calls
         calls += 1
         return await original(*args)
 
-    client.eval = counted  # type: ignore[method-assign]
+    client.evalsha = counted  # type: ignore[method-assign]
     callers = ["a"] * 12 + ["b"] * 3
     try:
         decisions = await asyncio.gather(*(limiter.check(c) for c in callers))
