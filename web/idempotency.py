@@ -93,27 +93,27 @@ class Pending:
 # One statement, so one round trip and its own transaction: claim the keys (a key stored
 # already, or held by a transaction in flight, is skipped), write the outbox rows of the keys
 # claimed, and wake the relay if any were. Both INSERTs commit together or not at all.
+# The batch comes as two JSON arrays (claims, rows): encoding one document is far cheaper for
+# the client than seventeen typed arrays, element by element.
 _WRITE_MANY = """
 WITH claimed AS (
     INSERT INTO idempotency_keys (client_id, idempotency_key, fingerprint, state, resource_id,
                                   response_status, response_body, expires_at)
-    SELECT c, k, f, 'completed', r, s, b::jsonb, now() + make_interval(secs => $7)
-    FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::text[])
-        AS t(c, k, f, r, s, b)
+    SELECT c, k, decode(f, 'hex'), 'completed', r, s, b, now() + make_interval(secs => $3)
+    FROM json_to_recordset($1::json) AS t(c uuid, k text, f text, r text, s int, b jsonb)
     ON CONFLICT (client_id, idempotency_key) DO NOTHING
     RETURNING client_id, idempotency_key
 ), written AS (
     INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, topic, payload, headers)
-    SELECT o.i, o.at, o.ai, o.et, o.tp, o.p::jsonb, o.h::jsonb
-    FROM unnest($8::uuid[], $9::text[], $10::uuid[], $11::text[], $12::text[], $13::text[],
-                $14::text[], $15::text[], $16::text[]) WITH ORDINALITY
-        AS o(c, k, i, at, ai, et, tp, p, h, n)
+    SELECT o.i, o.at, o.ai, o.et, o.tp, o.p, o.h
+    FROM json_to_recordset($2::json)
+        AS o(n int, c uuid, k text, i uuid, at text, ai text, et text, tp text, p jsonb, h jsonb)
     WHERE (o.c, o.k) IN (SELECT client_id, idempotency_key FROM claimed)
     ORDER BY o.n
     RETURNING 1
 )
 SELECT client_id, idempotency_key,
-       (SELECT pg_notify($17, '')::text FROM written LIMIT 1) AS notified
+       (SELECT pg_notify($4, '')::text FROM written LIMIT 1) AS notified
 FROM claimed
 """
 _STORED_MANY = """
@@ -157,22 +157,9 @@ async def run_batch(
         try:
             claimed_rows = await conn.fetch(
                 _WRITE_MANY,
-                [p.client_id for p in claims],
-                [p.key for p in claims],
-                [p.request_fingerprint for p in claims],
-                [p.effect.resource_id for p in claims],
-                [p.effect.status for p in claims],
-                [orjson.dumps(p.effect.body).decode() for p in claims],
+                orjson.dumps([_claim(p) for p in claims]).decode(),
+                orjson.dumps([_row(n, p, r) for n, (p, r) in enumerate(rows)]).decode(),
                 retention_s,
-                [p.client_id for p, _ in rows],
-                [p.key for p, _ in rows],
-                [r.id for _, r in rows],
-                [r.aggregate_type for _, r in rows],
-                [r.aggregate_id for _, r in rows],
-                [r.event_type for _, r in rows],
-                [r.topic for _, r in rows],
-                [r.payload_json for _, r in rows],
-                [orjson.dumps(p.row_headers(r)).decode() for p, r in rows],
                 NOTIFY_CHANNEL,
                 timeout=timeout_s,
             )
@@ -206,6 +193,32 @@ async def run_batch(
             body = row["response_body"]
             outcomes.append(Result(row["response_status"], orjson.loads(body), replayed=True))
     return outcomes
+
+
+def _claim(p: Pending) -> dict[str, Any]:
+    return {
+        "c": str(p.client_id),
+        "k": p.key,
+        "f": p.request_fingerprint.hex(),
+        "r": p.effect.resource_id,
+        "s": p.effect.status,
+        "b": p.effect.body,
+    }
+
+
+def _row(n: int, p: Pending, r: OutboxRow) -> dict[str, Any]:
+    return {
+        "n": n,
+        "c": str(p.client_id),
+        "k": p.key,
+        "i": str(r.id),
+        "at": r.aggregate_type,
+        "ai": r.aggregate_id,
+        "et": r.event_type,
+        "tp": r.topic,
+        "p": orjson.Fragment(r.payload_json),
+        "h": p.row_headers(r),
+    }
 
 
 class GroupCommit:
