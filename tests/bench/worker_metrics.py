@@ -47,9 +47,24 @@ def summary(before: Sample, after: Sample) -> dict[str, float | None]:
         if key.startswith("python_gc_collections_total{generation="):
             gc[key.split("=")[1].rstrip("}")] = delta(key)
     out.update({f"gc_gen{g}": n for g, n in sorted(gc.items())})
+    for short, name, labels in (
+        ("pg_writes", "atlas_pg_query_duration_seconds", "outcome=ok,statement=with,"),
+        ("redis_limits", "atlas_redis_operation_duration_seconds", "operation=rate_limit,"),
+    ):
+        count = delta(f"{name}_count{{{labels.rstrip(',')}}}")
+        out[short] = count
+        for le in ("0.01", "0.025"):
+            within = delta(f"{name}_bucket{{{_with_le(labels, le)}}}")
+            out[f"{short}_over_{le}s"] = count - within
     batches = delta("atlas_write_batch_size_count{}")
     out["write_batch_mean"] = delta("atlas_write_batch_size_sum{}") / batches if batches else None
     return out
+
+
+def _with_le(labels: str, le: str) -> str:
+    """Sorted label text with `le` added, as `scrape` writes keys."""
+    pairs = [p for p in labels.rstrip(",").split(",") if p] + [f"le={le}"]
+    return ",".join(sorted(pairs))
 
 
 def _largest_bucket(before: Sample, after: Sample, name: str) -> float | None:
