@@ -278,24 +278,22 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
         "drains": {},
     }
     print(f"run {run_id}: database {db.name}, logs in {run_dir}", flush=True)
+
+    def atlas(relay_held: bool) -> Server:
+        return atlas_server(
+            db.url,
+            kafka=settings.kafka_bootstrap_servers,
+            redis_url=settings.redis_url.get_secret_value(),
+            run_id=run_id,
+            data_dir=run_dir / ("atlas-write-data" if relay_held else "atlas-data"),
+            relay_held=relay_held,
+        )
+
     servers = {
         "bare": lambda: bare_server(db.url),
         "fastapi": lambda: fastapi_server(db.url),
-        "atlas": lambda: atlas_server(
-            db.url,
-            kafka=settings.kafka_bootstrap_servers,
-            redis_url=settings.redis_url.get_secret_value(),
-            run_id=run_id,
-            data_dir=run_dir / "atlas-data",
-        ),
-        "atlas-write": lambda: atlas_server(
-            db.url,
-            kafka=settings.kafka_bootstrap_servers,
-            redis_url=settings.redis_url.get_secret_value(),
-            run_id=run_id,
-            data_dir=run_dir / "atlas-write-data",
-            relay_held=True,
-        ),
+        "atlas": lambda: atlas(relay_held=False),
+        "atlas-write": lambda: atlas(relay_held=True),
     }
     try:
         await db.create()
