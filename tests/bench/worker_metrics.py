@@ -50,6 +50,7 @@ def summary(before: Sample, after: Sample) -> dict[str, float | None]:
     for short, name, labels in (
         ("pg_writes", "atlas_pg_query_duration_seconds", "outcome=ok,statement=with,"),
         ("redis_limits", "atlas_redis_operation_duration_seconds", "operation=rate_limit,"),
+        ("posts_in_worker", "http_request_duration_seconds", "method=POST,route=/v1/transfers,"),
     ):
         count = delta(f"{name}_count{{{labels.rstrip(',')}}}")
         out[short] = count
