@@ -47,6 +47,7 @@ from mode import Service
 from prometheus_client import Gauge
 
 from streams import topics
+from streams.kafka_metadata import OFFSETS_TOPIC, track_existing
 from streams.logs import get_logger
 from streams.settings import Settings
 from web.metrics import REGISTRY
@@ -261,6 +262,9 @@ class OffsetsReader:
             await admin.close()
             raise
         self._admin, self._consumer = admin, consumer
+        # The admin client needs brokers and coordinators, not topics: its periodic refresh
+        # asks for one small topic's metadata instead of the whole cluster's.
+        await track_existing(admin._client, [OFFSETS_TOPIC])
 
     async def stop(self) -> None:
         admin, consumer = self._admin, self._consumer
@@ -278,7 +282,9 @@ class OffsetsReader:
     async def _read(self, group: str, topic_names: Sequence[str]) -> Offsets:
         assert self._admin is not None and self._consumer is not None
         admin, consumer = self._admin, self._consumer
-        await consumer._client.force_metadata_update()
+        # Only these topics' metadata: a client tracking none would decode every topic's.
+        if await track_existing(consumer._client, topic_names):
+            await consumer._client.force_metadata_update()
         tps = [
             TopicPartition(t, p)
             for t in topic_names

@@ -16,6 +16,7 @@ from mode import Service
 from prometheus_client import Gauge, Histogram
 from redis.asyncio import Redis
 
+from streams.kafka_metadata import OFFSETS_TOPIC, brokers, track_existing
 from streams.logs import get_logger
 from streams.resilience import Breakers
 from streams.settings import Settings
@@ -110,13 +111,14 @@ class Resources(Service):
         log.info("resources started")
 
     async def kafka_metadata(self) -> int:
-        """Ask the cluster for metadata; return the number of brokers that answered."""
+        """Ask the cluster for its brokers (no topic metadata); return how many it has."""
         assert self.kafka is not None, "resources not started"
         if not self._kafka_bootstrapped:
             await self.kafka.bootstrap()
+            # Its background refresh would otherwise fetch every topic's metadata.
+            await track_existing(self.kafka, [OFFSETS_TOPIC])
             self._kafka_bootstrapped = True
-        metadata = await self.kafka.fetch_all_metadata()
-        return len(metadata.brokers())
+        return await brokers(self.kafka)
 
     async def on_stop(self) -> None:
         timeout = self.settings.postgres_timeout_s
