@@ -53,5 +53,9 @@ async def track_existing(client: AIOKafkaClient, topics: Sequence[str]) -> list[
     """
     found = await existing(client, topics)
     if found:
-        await client.set_topics(found)
+        # One refresh: set_topics starts it when the set grew; otherwise force starts it, and
+        # when it is already under way force returns that same refresh.
+        narrowed = client.set_topics(found)
+        await client.force_metadata_update()
+        await narrowed
     return found

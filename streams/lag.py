@@ -282,9 +282,8 @@ class OffsetsReader:
     async def _read(self, group: str, topic_names: Sequence[str]) -> Offsets:
         assert self._admin is not None and self._consumer is not None
         admin, consumer = self._admin, self._consumer
-        # Only these topics' metadata: a client tracking none would decode every topic's.
-        if await track_existing(consumer._client, topic_names):
-            await consumer._client.force_metadata_update()
+        # Fresh metadata of these topics only: a client tracking none would decode every topic's.
+        await track_existing(consumer._client, topic_names)
         tps = [
             TopicPartition(t, p)
             for t in topic_names
