@@ -77,6 +77,7 @@ class AtlasApp(faust.App):
             Rate(settings.rate_limit_per_s, settings.rate_limit_burst),
             timeout_s=settings.redis_timeout_s,
             breakers=self.resources.breakers,
+            lease_s=settings.rate_limit_lease_s,
         )
         self.clients = ClientStore(
             lambda: self.resources.pg,

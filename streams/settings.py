@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Per-client rate limit (GCRA): sustained requests per second, and the burst on top.
     rate_limit_per_s: float = Field(default=200.0, gt=0)
     rate_limit_burst: int = Field(default=400, ge=1)
+    # A busy client's permits are leased to a worker for this long (0: every request asks
+    # Redis); a lease holds at most `rate_limit_per_s * rate_limit_lease_s` permits.
+    rate_limit_lease_s: float = Field(default=0.05, ge=0, le=1)
 
     # The worker's event loop: uvloop cuts the per-request and per-message scheduling cost.
     event_loop: Literal["uvloop", "aio"] = "uvloop"

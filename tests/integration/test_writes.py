@@ -353,3 +353,41 @@ async def test_concurrent_checks_share_redis_calls_and_spend_the_budget_exactly(
     assert {d.limiter for d in decisions} == {"redis"}
     assert all(d.retry_after_s > 0 for d in by_client["a"][5:])
     assert calls == 1  # 15 checks made in one tick: one script call
+
+
+async def test_leased_permits_come_from_the_script_and_never_exceed_the_budget(
+    stack: Stack,
+) -> None:
+    client = redis.asyncio.from_url(stack.redis_url)
+    # 20 at once, then one every 2 s; a lease may hold up to 20 permits (0.5/s x 40 s).
+    limiter = RateLimiter(
+        lambda: client,
+        Rate(per_second=0.5, burst=20),
+        timeout_s=2.0,
+        prefix=f"t-{uuid.uuid4()}:",
+        lease_s=40.0,
+    )
+    calls = 0
+    original = client.evalsha
+    await client.script_load(GCRA_LUA)
+
+    async def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await original(*args)
+
+    client.evalsha = counted  # type: ignore[method-assign]
+    started = time.monotonic()
+    try:
+        decisions = [await limiter.check("a") for _ in range(30)]
+    finally:
+        await client.aclose()
+    elapsed = time.monotonic() - started
+    allowed = [d for d in decisions if d.allowed]
+    assert elapsed < 2.0, "too slow for the counts below"  # less than one refill
+    assert len(allowed) == 20 and decisions[:20] == allowed  # the burst, in order
+    assert [d.remaining for d in allowed] == list(range(19, -1, -1))
+    assert {d.limiter for d in decisions} == {"redis"}
+    assert all(d.retry_after_s > 0 for d in decisions[20:])
+    # Leases of 1, 3 and 7 permits, then the 9 the budget had left; each refusal asks again.
+    assert calls == 4 + 10

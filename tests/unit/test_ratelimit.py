@@ -127,3 +127,79 @@ async def test_429_is_problem_json_with_retry_after_and_ratelimit_headers(
     assert int(refused.headers["Retry-After"]) >= 1
     assert (await refused.json(content_type=None))["type"] == "/problems/rate-limited"
     assert (await client.get("/v1/x")).status == 200  # no client: not limited here
+
+
+class GcraRedis:
+    """The script's arithmetic in Python, on a clock the test moves: counts its calls."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock, self.tat, self.calls = clock, {}, 0
+        self.wanted: list[list[int]] = []
+
+    async def evalsha(self, sha: str, nkeys: int, *args: Any) -> list[float]:
+        self.calls += 1
+        keys, (interval, tolerance, *wants) = args[:nkeys], args[nkeys:]
+        self.wanted.append(list(wants))
+        now, out = self.clock[0] * 1000.0, []
+        for key, want in zip(keys, wants, strict=True):
+            tat = max(self.tat.get(key, now), now)
+            free = max(0, int((now + tolerance - tat) // interval) + 1)
+            granted = min(want, free)
+            tat += granted * interval
+            self.tat[key] = tat
+            wait = tat - tolerance - now if granted < want else 0
+            out += [granted, wait, max(0, int((tolerance - (tat - now)) // interval) + 1)]
+        return out
+
+
+async def test_a_busy_client_spends_a_lease_without_asking_redis() -> None:
+    clock = [100.0]
+    redis = GcraRedis(clock)
+    rate = Rate(per_second=100, burst=1000)  # a lease holds at most 100 * 0.5 = 50 permits
+    limiter = RateLimiter(lambda: redis, rate, timeout_s=1, lease_s=0.5, clock=lambda: clock[0])
+    decisions = [await limiter.check("c") for _ in range(60)]
+    assert all(d.allowed for d in decisions)
+    # Each lease spent in time doubles the next one (1 request waiting + 2 x served ahead),
+    # up to the cap: 1 + 50.
+    assert redis.wanted == [[1], [3], [7], [15], [31], [51]]
+    # RateLimit-Remaining counts down through the leases as if each request asked Redis.
+    assert [d.remaining for d in decisions] == list(range(999, 939, -1))
+
+
+async def test_a_lapsed_lease_is_not_renewed_ahead_of_demand() -> None:
+    clock = [100.0]
+    redis = GcraRedis(clock)
+    limiter = RateLimiter(
+        lambda: redis,
+        Rate(per_second=100, burst=1000),
+        timeout_s=1,
+        lease_s=0.5,
+        clock=lambda: clock[0],
+    )
+    for _ in range(3):
+        await limiter.check("c")
+    assert redis.wanted == [[1], [3]]  # the last lease holds 2 permits, one spent
+    clock[0] += 1.0  # the client goes quiet: its lease lapses
+    await limiter.check("c")
+    assert redis.wanted[-1] == [1]  # only what the request needs
+
+
+async def test_leases_never_grant_more_than_the_rate() -> None:
+    clock = [100.0]
+    redis = GcraRedis(clock)
+    rate = Rate(per_second=10, burst=5)
+    limiter = RateLimiter(lambda: redis, rate, timeout_s=1, lease_s=1.0, clock=lambda: clock[0])
+    allowed = 0
+    for _ in range(200):  # 200 requests over 2 s, 10 ms apart
+        allowed += (await limiter.check("c")).allowed
+        clock[0] += 0.01
+    assert allowed <= 5 + 10 * 2  # the burst, then the rate, however leases were sized
+
+
+async def test_without_leasing_every_request_asks_redis() -> None:
+    clock = [100.0]
+    redis = GcraRedis(clock)
+    limiter = RateLimiter(lambda: redis, Rate(per_second=100, burst=100), timeout_s=1)
+    for _ in range(5):
+        await limiter.check("c")
+    assert redis.wanted == [[1]] * 5
