@@ -38,7 +38,7 @@ from web import server
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
 from web.docs import install_docs
-from web.middleware import MIDDLEWARES, deadline_middleware
+from web.middleware import edge_middleware
 from web.ops import install_lag
 from web.ops_page import install_ops_page
 from web.ratelimit import Rate, RateLimiter, rate_limit_middleware
@@ -140,10 +140,10 @@ class AtlasApp(faust.App):
             self.backlog,
             lag=self.lag_monitor,
         )
-        # Innermost: refusals are still correlated, counted and rendered as problems; the
-        # deadline bounds auth, the limiter and the view; the limiter needs auth's client.
+        # Inside the edge (see faust_options): refusals are still correlated, counted and
+        # rendered as problems, and the deadline bounds auth, the limiter and the view; the
+        # limiter needs auth's client.
         web.web_app.middlewares.insert(0, tracing_middleware())  # outermost: spans every log line
-        web.web_app.middlewares.append(deadline_middleware(self.settings.request_deadline_s))
         web.web_app.middlewares.append(auth_middleware(self.clients.lookup))
         web.web_app.middlewares.append(rate_limit_middleware(self.limiter, _client_key))
         server.install(web.web_app, checks, VERSION)
@@ -225,7 +225,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port,
         "canonical_url": settings.canonical_url,
         "web_application_options": {
-            "middlewares": list(MIDDLEWARES),
+            "middlewares": [edge_middleware(settings.request_deadline_s)],
             "client_max_size": settings.max_body_bytes,  # larger bodies get 413
         },
         "logging_config": logging_config(settings.log_level),

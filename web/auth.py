@@ -273,7 +273,7 @@ def requires_auth(request: web.Request) -> bool:
 
 
 def auth_middleware(lookup: Lookup, *, retry_after_s: int = 1) -> Middleware:
-    """Bearer-key authentication for `/v1/`; sits inside the problem middleware.
+    """Bearer-key authentication for `/v1/`; sits inside the edge middleware.
 
     On success the client is on the request under `CLIENT` and `client_id` is bound in the
     structlog context for the rest of the request.
@@ -314,8 +314,11 @@ def auth_middleware(lookup: Lookup, *, retry_after_s: int = 1) -> Middleware:
                 instance=request.path,
             )
         request[CLIENT] = client
-        with structlog.contextvars.bound_contextvars(client_id=str(client.id)):
+        bound = structlog.contextvars.bind_contextvars(client_id=str(client.id))
+        try:
             return await handler(request)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
     return authenticate
 

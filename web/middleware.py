@@ -1,8 +1,14 @@
-"""aiohttp middlewares, outermost first: correlation id, RED metrics and access log, problems.
+"""The edge of every request, as one aiohttp middleware: correlation id, problems, RED metrics.
 
-Order matters: the correlation id is bound before anything logs, and the metrics middleware
-sees the final status of every request because the problem middleware inside it turns every
-exception into a response.
+In order, outermost first:
+- the correlation id (the caller's `X-Correlation-ID` or `X-Request-ID` when safe to echo,
+  else a new one) is bound before anything logs, and echoed in the response;
+- RED metrics and the access log see the final status of every request, because
+- every exception becomes a problem+json response (a 500 that shows no internals), and
+- with a deadline, an API request gets the deadline plus its long-poll wait; past it the work
+  in flight is cancelled and the answer is a 504.
+
+One layer rather than four: every layer costs every request a coroutine and an await.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORRELATION_HEADER = "X-Correlation-ID"
 _INBOUND_HEADERS = (CORRELATION_HEADER, "X-Request-ID")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_UNLOGGED_ROUTES = ("/health", "/metrics")  # probes and scrapes: counted, not logged
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 
@@ -43,68 +50,10 @@ def correlation_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
-@web.middleware
-async def correlation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    cid = correlation_id_of(request)
-    request[CORRELATION_ID] = cid
-    with structlog.contextvars.bound_contextvars(correlation_id=cid):
-        response = await handler(request)
-    response.headers[CORRELATION_HEADER] = cid
-    return response
-
-
 def route_template(request: web.Request) -> str:
     """The matched route's template (`/v1/accounts/{id}`), never the raw path."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-@web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    response = await handler(request)
-    elapsed = time.perf_counter() - started
-    route = route_template(request)
-    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
-    HTTP_DURATION.labels(request.method, route).observe(elapsed)
-    if _access_log.isEnabledFor(logging.INFO) and not route.startswith(("/health", "/metrics")):
-        log.info(
-            "http request",
-            method=request.method,
-            route=route,
-            status=response.status,
-            duration_ms=round(elapsed * 1000, 2),
-        )
-    return response
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        default_text = f"{exc.status}: {exc.reason}"
-        return problem_response(
-            exc.status,
-            detail=exc.text if exc.text and exc.text != default_text else None,
-            instance=request.path,
-            headers=headers or None,
-        )
-    except ConnectionResetError:
-        # The client went away mid-request (say, while its body was read): nobody to answer.
-        log.info("client disconnected", route=route_template(request))
-        return web.Response(status=400)
-    except Exception:
-        log.exception("unhandled error", route=route_template(request))
-        return problem_response(
-            500,
-            slug="internal-error",
-            detail="The server failed to handle this request.",
-            instance=request.path,
-        )
 
 
 def _long_poll_s(request: web.Request) -> float:
@@ -116,31 +65,98 @@ def _long_poll_s(request: web.Request) -> float:
     return min(max(wait, 0.0), 30.0) if wait == wait else 0.0  # NaN waits nothing
 
 
-def deadline_middleware(deadline_s: float, prefix: str = "/v1/") -> Any:
-    """Bound every API request to `deadline_s` (plus its long-poll wait): past it, a 504.
+def edge_middleware(deadline_s: float | None = None, prefix: str = "/v1/") -> Any:
+    """The edge; with `deadline_s`, requests under `prefix` are bounded by it (504 past it).
 
-    The work in flight is cancelled; a write cancelled after its commit is still durable, and
-    a retry with the same Idempotency-Key gets its response back.
+    A write cancelled by the deadline after its commit is still durable, and a retry with the
+    same Idempotency-Key gets its response back.
     """
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith(prefix):
-            return await handler(request)
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        cid = correlation_id_of(request)
+        request[CORRELATION_ID] = cid
+        bound = structlog.contextvars.bind_contextvars(correlation_id=cid)
         try:
-            async with asyncio.timeout(deadline_s + _long_poll_s(request)):
-                return await handler(request)
-        except TimeoutError:
-            DEADLINE_EXCEEDED.labels(route_template(request)).inc()
-            return problem_response(
-                504,
-                slug="deadline-exceeded",
-                detail=f"the request did not complete within {deadline_s:g}s; "
-                "retry with the same Idempotency-Key",
-                instance=request.path,
-            )
+            budget = deadline_s if request.path.startswith(prefix) else None
+            try:
+                if budget is not None:
+                    async with asyncio.timeout(budget + _long_poll_s(request)):
+                        response = await handler(request)
+                else:
+                    response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = _http_problem(request, exc)
+            except ConnectionResetError:
+                # The client went away mid-request (say, while its body was read): nobody
+                # to answer.
+                log.info("client disconnected", route=route_template(request))
+                response = web.Response(status=400)
+            except TimeoutError:
+                if budget is None:
+                    response = _internal_error(request)
+                else:
+                    response = _deadline_exceeded(request, budget)
+            except Exception:
+                response = _internal_error(request)
+            _observe(request, response, time.perf_counter() - started)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+        response.headers[CORRELATION_HEADER] = cid
+        return response
 
-    return middleware
+    return edge
 
 
-MIDDLEWARES = [correlation_middleware, observe_middleware, problem_middleware]
+def _observe(request: web.Request, response: web.StreamResponse, elapsed: float) -> None:
+    route = route_template(request)
+    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+    HTTP_DURATION.labels(request.method, route).observe(elapsed)
+    if _access_log.isEnabledFor(logging.INFO) and not route.startswith(_UNLOGGED_ROUTES):
+        log.info(
+            "http request",
+            method=request.method,
+            route=route,
+            status=response.status,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+
+
+def _http_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+    default_text = f"{exc.status}: {exc.reason}"
+    return problem_response(
+        exc.status,
+        detail=exc.text if exc.text and exc.text != default_text else None,
+        instance=request.path,
+        headers=headers or None,
+    )
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """Called while the exception is handled: the log line carries it, the answer does not."""
+    log.exception("unhandled error", route=route_template(request))
+    return problem_response(
+        500,
+        slug="internal-error",
+        detail="The server failed to handle this request.",
+        instance=request.path,
+    )
+
+
+def _deadline_exceeded(request: web.Request, deadline_s: float) -> web.Response:
+    DEADLINE_EXCEEDED.labels(route_template(request)).inc()
+    return problem_response(
+        504,
+        slug="deadline-exceeded",
+        detail=f"the request did not complete within {deadline_s:g}s; "
+        "retry with the same Idempotency-Key",
+        instance=request.path,
+    )
+
+
+MIDDLEWARES = [edge_middleware()]
+"""The edge without a deadline; the worker's own has `ATLAS_REQUEST_DEADLINE_S`."""

@@ -141,7 +141,7 @@ _RATE_HEADERS = {
 }
 
 # What every /v1 route can answer besides its own outcomes: auth, rate limit, availability,
-# the request deadline and the problem middleware's last resort.
+# the request deadline and the edge middleware's last resort.
 _V1_REFUSALS: dict[int, Answer] = {
     401: _problem(
         "No or an unknown API key (`unauthenticated`).",

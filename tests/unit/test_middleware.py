@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from web.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY
-from web.middleware import MIDDLEWARES
+from web.middleware import MIDDLEWARES, edge_middleware
 
 
 async def item(request: web.Request) -> web.Response:
@@ -89,13 +89,11 @@ async def test_unhandled_errors_are_500_problem_without_internals(client: TestCl
 
 
 async def test_deadline_cuts_off_slow_api_requests_with_a_problem() -> None:
-    from web.middleware import deadline_middleware
-
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(1)
         return web.json_response({})
 
-    app = web.Application(middlewares=[*MIDDLEWARES, deadline_middleware(0.1)])
+    app = web.Application(middlewares=[edge_middleware(0.1)])
     app.router.add_get("/v1/slow", slow)
     app.router.add_get("/health/slow", slow)
     async with TestClient(TestServer(app)) as c:
@@ -112,14 +110,12 @@ async def test_deadline_cuts_off_slow_api_requests_with_a_problem() -> None:
 
 
 async def test_a_long_poll_gets_its_wait_on_top_of_the_deadline() -> None:
-    from web.middleware import deadline_middleware
-
     async def poll(request: web.Request) -> web.Response:
         extra = float(request.query["extra"])
         await asyncio.sleep(float(request.query.get("wait", "0")) + extra)
         return web.json_response({"done": True})
 
-    app = web.Application(middlewares=[*MIDDLEWARES, deadline_middleware(0.2)])
+    app = web.Application(middlewares=[edge_middleware(0.2)])
     app.router.add_get("/v1/poll", poll)
     async with TestClient(TestServer(app)) as c:
         assert (await c.get("/v1/poll?wait=0.5&extra=0.05")).status == 200
