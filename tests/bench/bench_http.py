@@ -72,7 +72,7 @@ from tests.bench.machine_cpu import per_request_us, snapshot, spent
 from tests.bench.procs import Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import HTTP_COMPONENTS, render, summarise
 from tests.bench.worker_metrics import scrape, summary
-from tests.bench.workload import delete_topics_containing
+from tests.topics import delete_topics_containing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"

@@ -44,7 +44,8 @@ from tests.bench.atlas_variant import COMMANDS, OUTCOMES, PAYMENTS, AtlasConfig
 from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry, run_bounded
 from tests.bench.profile_summary import render, summarise
 from tests.bench.variant_common import VariantResult
-from tests.bench.workload import Workload, build, create_topics, delete_topics_containing, produce
+from tests.bench.workload import Workload, build, create_topics, produce
+from tests.topics import delete_topics_containing
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"

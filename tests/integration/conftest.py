@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 from tests.integration.processes import WorkerProcess, free_port
-from tests.integration.stack import Stack, services
+from tests.integration.stack import SESSION, Stack, services, tag
+from tests.topics import delete_topics_containing
 from web import migrate
 from web.auth import create_client
 
@@ -26,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def stack() -> Iterator[Stack]:
     with services() as s:
         yield s
+        # Every topic the session made holds its token (`tag`); the broker outlives the run.
+        asyncio.run(asyncio.wait_for(delete_topics_containing(s.kafka_bootstrap, SESSION), 60))
 
 
 def with_database(url: str, name: str) -> str:
@@ -105,7 +108,7 @@ def base_env(
     topics of `make run` or a benchmark, with another partition count.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
-    session = uuid.uuid4().hex[:8]
+    session = tag()
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=stack.kafka_bootstrap,
         DATABASE_URL=database_url,

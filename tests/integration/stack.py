@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from streams.settings import Settings
+
+SESSION = uuid.uuid4().hex[:6]
+"""In the name of every topic, consumer group and app a test session makes: at its end, the
+session deletes the topics whose names hold it (a developer's broker does not fill up)."""
+
+
+def tag() -> str:
+    """A fresh name part for one test's topics and groups, with the session's token in it."""
+    return SESSION + uuid.uuid4().hex[:4]
 
 
 @dataclass(frozen=True)

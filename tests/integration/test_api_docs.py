@@ -28,6 +28,7 @@ from schemathesis.checks import (
 from schemathesis.generation import GenerationMode
 
 from tests.integration.processes import WorkerProcess, free_port, http
+from tests.integration.stack import tag
 from web.auth import create_client
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def docs_worker(
     """One worker for the module, with a rate high enough that no check meets a 429."""
     port = free_port()
     folder = tmp_path_factory.mktemp("api-docs")
-    prefix = f"d{uuid.uuid4().hex[:8]}."
+    prefix = f"d{tag()}."
     env = {
         **base_env,
         "ATLAS_WEB_PORT": str(port),

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
 from streams.kafka_metadata import brokers, existing, track_existing
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_client_tracks_only_the_existing_topics_asked_for(stack: Stack) -> None:
-    present, absent = f"md-{uuid.uuid4().hex[:8]}", f"md-absent-{uuid.uuid4().hex[:8]}"
+    present, absent = f"md-{tag()}", f"md-absent-{tag()}"
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     client = AIOKafkaClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streams import topics as names
 from streams.kafka import partition_for
 from tests.integration.processes import REPO_ROOT, WorkerProcess, http, run_atlas, wait_until
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 from tests.integration.workload import Message, Namespace, payment, produce
 
 pytestmark = pytest.mark.integration
@@ -143,7 +142,7 @@ def kafka_describe(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[in
 
 
 def test_lag_of_a_paused_group_matches_kafka_and_returns_to_zero(stack: Stack) -> None:
-    run = uuid.uuid4().hex[:8]
+    run = tag()
     topic, group = f"lag-{run}", f"lag-test-{run}"
     bootstrap = stack.kafka_bootstrap
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
@@ -232,8 +231,8 @@ def test_a_paused_workers_backlog_shows_in_the_lag_metric_like_kafkas_tool(
     """Worker A is stopped (its consumption paused), N payments are published; worker B, which
     watches A's group, reports exactly those N per partition, as ConsumerGroupCommand does.
     A back: lag 0 and status OK."""
-    tag = uuid.uuid4().hex[:8]
-    ns = Namespace(base_env["KAFKA_BOOTSTRAP_SERVERS"], f"l{tag}.", f"atlas-l{tag}", 4)
+    t = tag()
+    ns = Namespace(base_env["KAFKA_BOOTSTRAP_SERVERS"], f"l{t}.", f"atlas-l{t}", 4)
     asyncio.run(ns.create_topics())
     payments = ns.topic(names.PAYMENTS)
 
@@ -272,7 +271,7 @@ def test_a_paused_workers_backlog_shows_in_the_lag_metric_like_kafkas_tool(
     b = spawn_worker(
         ATLAS_TOPIC_PREFIX=ns.prefix,
         ATLAS_TOPIC_PARTITIONS="4",
-        ATLAS_APP_NAME=f"atlas-watcher-{tag}",
+        ATLAS_APP_NAME=f"atlas-watcher-{t}",
         ATLAS_LAG_WATCH_GROUPS=ns.app_name,
         ATLAS_LAG_POLL_S="0.5",
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import subprocess
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -20,7 +19,7 @@ import pytest
 
 from streams.kafka import partition_for
 from tests.integration.processes import WorkerProcess, run_atlas
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 from tests.integration.workload import (
     Namespace,
     Workload,
@@ -41,8 +40,8 @@ Spawn = Callable[..., WorkerProcess]
 
 @pytest.fixture
 async def ns(stack: Stack) -> AsyncIterator[Namespace]:
-    tag = uuid.uuid4().hex[:8]
-    namespace = Namespace(stack.kafka_bootstrap, f"t{tag}.", f"atlas-t{tag}", PARTITIONS)
+    t = tag()
+    namespace = Namespace(stack.kafka_bootstrap, f"t{t}.", f"atlas-t{t}", PARTITIONS)
     await namespace.create_topics()
     yield namespace
 

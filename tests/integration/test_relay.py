@@ -30,7 +30,7 @@ from streams.backlog import BACKLOG
 from streams.relay import OutboxRelay
 from streams.settings import Settings
 from tests.integration.processes import REPO_ROOT, free_port, run_atlas
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 from web.metrics import REGISTRY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -47,7 +47,7 @@ def db_url(make_database: Callable[[bool], str]) -> str:
 def settings(stack: Stack, db_url: str) -> Settings:
     return Settings().model_copy(
         update={
-            "app_name": f"atlas-relay-test-{uuid.uuid4().hex[:6]}",
+            "app_name": f"atlas-relay-test-{tag()}",
             "kafka_bootstrap_servers": stack.kafka_bootstrap,
             "database_url": SecretStr(db_url),
             "postgres_timeout_s": 2.0,
@@ -58,7 +58,7 @@ def settings(stack: Stack, db_url: str) -> Settings:
 
 @pytest.fixture
 async def topic(stack: Stack) -> AsyncIterator[str]:
-    name = f"t{uuid.uuid4().hex[:10]}.atlas.ledger.commands.v1"
+    name = f"t{tag()}.atlas.ledger.commands.v1"
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), 15)
     try:
@@ -449,7 +449,7 @@ async def test_a_row_the_broker_refuses_is_set_aside_and_its_batch_neighbours_go
 ) -> None:
     # The topic takes batches of at most 3000 bytes; the producer's own limit is 1 MiB, so
     # only the broker can refuse the big row, and it refuses the whole batch holding it.
-    topic = f"t{uuid.uuid4().hex[:10]}.atlas.ledger.commands.v1"
+    topic = f"t{tag()}.atlas.ledger.commands.v1"
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), 15)
     try:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.operations import read_topic
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 from tests.integration.test_writes import authed_get
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ async def _deposit(stack: Stack, topic: str, account: str, amount: int, tracepar
 def test_one_trace_runs_from_the_http_write_to_the_legs(
     spawn_worker: Spawn, api_key: str, stack: Stack, tmp_path: Path
 ) -> None:
-    prefix = f"tr{uuid.uuid4().hex[:8]}."
+    prefix = f"tr{tag()}."
     spans_file = tmp_path / "spans.jsonl"
     worker = spawn_worker(
         ATLAS_TOPIC_PREFIX=prefix,

@@ -12,7 +12,6 @@ import asyncio
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 import orjson
@@ -20,6 +19,7 @@ import pytest
 
 from streams import topics as names
 from tests.integration.processes import WorkerProcess
+from tests.integration.stack import tag
 from tests.integration.test_ledger import atlas, metric_total
 from tests.integration.test_writes import authed_get, post
 from tests.integration.workload import Message, Namespace, payment, produce, transfer_finals
@@ -32,8 +32,8 @@ def test_sigkilled_relay_loses_no_accepted_write(
     spawn_worker: Spawn, base_env: dict[str, str], api_key: str
 ) -> None:
     key = api_key
-    tag = uuid.uuid4().hex[:8]
-    ns = Namespace(base_env["KAFKA_BOOTSTRAP_SERVERS"], f"c{tag}.", f"atlas-c{tag}", 4)
+    t = tag()
+    ns = Namespace(base_env["KAFKA_BOOTSTRAP_SERVERS"], f"c{t}.", f"atlas-c{t}", 4)
     asyncio.run(ns.create_topics())
     env = ns.worker_env()
     workers = [spawn_worker(**env), spawn_worker(**env)]

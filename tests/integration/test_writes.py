@@ -16,7 +16,7 @@ import redis.asyncio
 
 from streams.relay import RELAY_LOCK_ID
 from tests.integration.processes import Response, WorkerProcess, http, wait_until
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, tag
 from web.auth import create_client
 from web.ratelimit import GCRA_LUA, Rate, RateLimiter
 
@@ -47,7 +47,7 @@ def problem(r: Response, status: int, slug: str) -> None:
 
 
 def test_writes_flow_through_the_outbox_into_the_ledger(spawn_worker: Spawn, api_key: str) -> None:
-    prefix = f"w{uuid.uuid4().hex[:8]}."
+    prefix = f"w{tag()}."
     worker = spawn_worker(
         ATLAS_TOPIC_PREFIX=prefix,
         ATLAS_APP_NAME=f"atlas-{prefix[:-1]}",
