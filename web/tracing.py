@@ -53,27 +53,30 @@ def tracing_middleware() -> Any:
     return middleware
 
 
-@contextmanager
-def outbox_insert(request: web.Request, pending: Pending) -> Iterator[Pending]:
-    """Around one attempt to write a request's outbox rows: `pending` with traced headers."""
+def request_headers(request: web.Request) -> dict[str, str]:
+    """What a request's outbox rows carry from it: its correlation id and, when this process
+    does not trace, the caller's trace context, passed on unchanged (W3C)."""
     headers: dict[str, str] = {}
     if (cid := request.get(CORRELATION_ID)) is not None:
         headers[tracing.CORRELATION_ID] = cid
     if not tracing.enabled():
-        # Not traced here: pass the caller's trace context on unchanged (W3C).
         inbound = request.headers.get(tracing.TRACEPARENT)
         if tracing.trace_id_of(inbound) is not None:
             headers[tracing.TRACEPARENT] = str(inbound).strip().lower()
-        yield with_headers(pending, headers)
-        return
+    return headers
+
+
+@contextmanager
+def outbox_insert(pending: Pending) -> Iterator[Pending]:
+    """Around one traced attempt to write a request's outbox rows: an `outbox.insert` span,
+    and `pending` whose rows carry the span's traceparent."""
     rows = pending.effect.rows
     with tracing.span(
         "outbox.insert",
         **{"outbox.rows": len(rows), "outbox.event_types": [r.event_type for r in rows]},
     ):
-        if traceparent := tracing.current_traceparent():
-            headers[tracing.TRACEPARENT] = traceparent
-        yield with_headers(pending, headers)
+        traceparent = tracing.current_traceparent()
+        yield with_headers(pending, {tracing.TRACEPARENT: traceparent} if traceparent else {})
 
 
 def with_headers(pending: Pending, headers: dict[str, str]) -> Pending:

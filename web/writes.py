@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from streams import tracing
 from streams.resilience import TRANSIENT_ERRORS, BreakerOpen, Breakers
 from streams.settings import Settings
 from streams.topics import COMMANDS
@@ -34,7 +35,7 @@ from web import idempotency
 from web.idempotency import Effect, OutboxRow
 from web.problems import problem_response
 from web.schemas import EmptyBody, OpenAccountBody, TransferBody, is_account_id
-from web.tracing import outbox_insert
+from web.tracing import outbox_insert, request_headers
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _MAX_KEY_LENGTH = 255
@@ -188,11 +189,14 @@ class WriteViews:
             key,
             idempotency.fingerprint(request.method, request.path, parsed),
             new_effect,
+            headers=request_headers(request),
         )
 
         async def write() -> idempotency.Result:
-            # Each attempt is its own span; its rows carry its traceparent and correlation id.
-            with outbox_insert(request, pending) as traced:
+            if not tracing.enabled():
+                return await self.group.submit(pending)
+            # Each attempt is its own span; its rows carry its traceparent.
+            with outbox_insert(pending) as traced:
                 return await self.group.submit(traced)
 
         try:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +26,7 @@ from streams import tracing
 from streams.settings import Settings
 from web.idempotency import Effect, OutboxRow, Pending
 from web.middleware import CORRELATION_ID, MIDDLEWARES
-from web.tracing import outbox_insert, tracing_middleware
+from web.tracing import outbox_insert, request_headers, tracing_middleware
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -312,8 +313,8 @@ def _request(**headers: str) -> Any:
 def test_outbox_rows_carry_the_insert_span_and_correlation_id(
     spans: InMemorySpanExporter,
 ) -> None:
-    pending = _pending()
-    with outbox_insert(_request(), pending) as traced:
+    pending = replace(_pending(), headers=request_headers(_request()))
+    with outbox_insert(pending) as traced:
         (row,) = traced.effect.rows
     (span,) = spans.get_finished_spans()
     assert span.name == "outbox.insert"
@@ -326,10 +327,11 @@ def test_outbox_rows_carry_the_insert_span_and_correlation_id(
 
 
 def test_while_off_outbox_rows_pass_the_callers_trace_on() -> None:
-    with outbox_insert(_request(traceparent=TRACEPARENT), _pending()) as traced:
-        assert traced.row_headers(traced.effect.rows[0])["traceparent"] == TRACEPARENT
-    with outbox_insert(_request(traceparent="junk"), _pending()) as traced:
-        assert "traceparent" not in traced.row_headers(traced.effect.rows[0])
+    assert request_headers(_request(traceparent=TRACEPARENT)) == {
+        "correlation-id": "c-9",
+        "traceparent": TRACEPARENT,
+    }
+    assert request_headers(_request(traceparent="junk")) == {"correlation-id": "c-9"}
 
 
 @pytest.fixture(autouse=True)
