@@ -241,7 +241,10 @@ class GroupCommit:
         retention_s: float,
         timeout_s: float,
         max_batch: int = 128,
-        concurrency: int = 4,
+        # Two in flight: under load a batch fills while the other commits. Against 4 (make
+        # bench-http, write path alone, three interleaved runs each): batches of 5.2 / 10.3
+        # requests instead of 4.0 / 8.0 at c=16 / c=32, 4-7% more requests/s, same p99.
+        concurrency: int = 2,
     ) -> None:
         self._pool = pool
         self.retention_s, self.timeout_s = retention_s, timeout_s
