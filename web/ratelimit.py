@@ -200,7 +200,7 @@ class RateLimiter:
     def _ahead(self, client: str, now: float) -> int:
         """Permits to ask for beyond the waiting requests: twice the last lease's, if spent."""
         lease = self._leases.get(client)
-        if self.lease_s <= 0 or lease is None or lease.permits > 0 or lease.expires <= now:
+        if lease is None or lease.permits > 0 or lease.expires <= now:
             return 0  # no lease yet, or it lapsed (with or without permits): not busy enough
         return min(self.lease_max, 2 * lease.served)
 
@@ -252,7 +252,7 @@ class RateLimiter:
             decisions += [refused] * (n - served)
             decisions.reverse()  # popped from the end, in arrival order
             queues[client] = decisions
-            if granted:
+            if granted and self.lease_s > 0:
                 self._lease(client, granted - served, remaining, served, now)
         return [queues[client].pop() for client in clients]
 

@@ -203,3 +203,4 @@ async def test_without_leasing_every_request_asks_redis() -> None:
     for _ in range(5):
         await limiter.check("c")
     assert redis.wanted == [[1]] * 5
+    assert not limiter._leases  # nothing kept per client
