@@ -391,3 +391,30 @@ async def test_leased_permits_come_from_the_script_and_never_exceed_the_budget(
     assert all(d.retry_after_s > 0 for d in decisions[20:])
     # Leases of 1, 3 and 7 permits, then the 9 the budget had left; each refusal asks again.
     assert calls == 4 + 10
+
+
+async def test_two_workers_leasing_one_client_share_its_budget_exactly(stack: Stack) -> None:
+    client = redis.asyncio.from_url(stack.redis_url)
+    prefix = f"t-{uuid.uuid4()}:"
+    # 20 at once, then one every 2 s; each worker may lease up to 20 permits ahead.
+    workers = [
+        RateLimiter(
+            lambda: client,
+            Rate(per_second=0.5, burst=20),
+            timeout_s=2.0,
+            prefix=prefix,
+            lease_s=40.0,
+        )
+        for _ in range(2)
+    ]
+    started = time.monotonic()
+    try:
+        decisions = [await workers[i % 2].check("a") for i in range(60)]
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 2.0, "too slow for the count below"  # no refill
+    # Permits one worker holds are not the other's: together they spend the budget once.
+    assert sum(d.allowed for d in decisions) == 20
+    assert (
+        sum(d.allowed for d in decisions[0::2]) > 0 and sum(d.allowed for d in decisions[1::2]) > 0
+    )
