@@ -68,7 +68,13 @@ start() {
   # would need the same cluster id (--ignore-formatted also keeps an existing dir untouched).
   if [[ ! -f "$DATA/meta.properties" ]]; then
     local cluster_id
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A random id as Kafka's own Uuid.randomUuid() makes it: base64url of 16 random bytes, never
+    # starting with '-' (StorageTool's argument parser would read such an id as an option).
+    cluster_id="$(python3 -c '
+import base64, uuid
+while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(cid)')"
     say "formatting $DATA (cluster id $cluster_id)"
     "$JAVA" -Xmx256m "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format \
       -t "$cluster_id" -c "$CONF" --ignore-formatted >>"$LOG" 2>&1 || { show_log "$LOG"; die "formatting failed"; }
