@@ -23,7 +23,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
@@ -34,17 +34,21 @@ from web.coalesce import Coalescer
 from web.metrics import REGISTRY
 from web.problems import problem_response
 
-RATE_LIMITED = Counter(
-    "atlas_rate_limited",
-    "Requests refused with 429, by where the decision was made (redis or local).",
-    ["limiter"],
+Limiter = Literal["redis", "lease", "local"]
+DECISIONS = Counter(
+    "atlas_rate_limit_decisions",
+    "Rate-limit decisions, by where they were made (redis; lease: permits Redis granted"
+    " ahead; local: without Redis) and outcome (allowed, or refused with 429).",
+    ["limiter", "outcome"],
     registry=REGISTRY,
 )
-LIMITER_FALLBACKS = Counter(
-    "atlas_rate_limiter_fallbacks",
-    "Decisions made by the local limiter because Redis did not answer.",
-    registry=REGISTRY,
-)
+# One child per (limiter, allowed), made once: every series is there from the start, and
+# counting a decision costs no label lookup.
+_DECIDED = {
+    (limiter, allowed): DECISIONS.labels(limiter, "allowed" if allowed else "refused")
+    for limiter in get_args(Limiter)
+    for allowed in (True, False)
+}
 
 REDIS_DURATION = Histogram(
     "atlas_redis_operation_duration_seconds",
@@ -98,7 +102,7 @@ class Decision:
     allowed: bool
     retry_after_s: float
     remaining: int
-    limiter: str
+    limiter: Limiter  # where it was decided
 
 
 @dataclass(frozen=True)
@@ -191,9 +195,8 @@ class RateLimiter:
         if lease is not None and lease.permits > 0 and lease.expires > self.clock():
             lease.permits -= 1
             lease.served += 1
-            return Decision(True, 0.0, lease.remaining + lease.permits, "redis")
+            return Decision(True, 0.0, lease.remaining + lease.permits, "lease")
         if self._redis() is None:
-            LIMITER_FALLBACKS.inc()
             return self.local.check(client)
         return await self._batches.submit(client)
 
@@ -231,7 +234,6 @@ class RateLimiter:
             except Exception:  # down or slow: decide here instead
                 REDIS_ERRORS.labels("rate_limit").inc()
                 self.redis_ok = False
-        LIMITER_FALLBACKS.inc(len(clients))
         return [self.local.check(client) for client in clients]
 
     def _decide(
@@ -284,8 +286,8 @@ def rate_limit_middleware(
         if client is None:
             return await handler(request)
         decision = await limiter.check(client)
+        _DECIDED[decision.limiter, decision.allowed].inc()
         if not decision.allowed:
-            RATE_LIMITED.labels(decision.limiter).inc()
             retry = max(1, int(decision.retry_after_s + 0.999))
             return problem_response(
                 429,

@@ -119,7 +119,8 @@ def test_a_redis_outage_under_write_load_degrades_health_and_writes_go_on(
         assert metric(worker, 'atlas_circuit_breaker_state{dependency="redis"}') == 2
         during = len(load.answers)
         wait_until(lambda: len(load.answers) >= during + 20, timeout=20, what="writes go on")
-        assert metric(worker, "atlas_rate_limiter_fallbacks_total") >= 20
+        local = 'atlas_rate_limit_decisions_total{limiter="local",outcome="allowed"}'
+        assert metric(worker, local) >= 20
 
         redis.start()
         wait_until(

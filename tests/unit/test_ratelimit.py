@@ -7,6 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.exceptions import NoScriptError
 
+from web.metrics import REGISTRY
 from web.middleware import MIDDLEWARES
 from web.ratelimit import (
     GCRA_SHA,
@@ -162,6 +163,9 @@ async def test_a_busy_client_spends_a_lease_without_asking_redis() -> None:
     # Each lease spent in time doubles the next one (1 request waiting + 2 x served ahead),
     # up to the cap: 1 + 50.
     assert redis.wanted == [[1], [3], [7], [15], [31], [51]]
+    # One decision per script call came from Redis; the rest were spent from leases.
+    assert [d.limiter for d in decisions].count("redis") == len(redis.wanted)
+    assert [d.limiter for d in decisions].count("lease") == 60 - len(redis.wanted)
     # RateLimit-Remaining counts down through the leases as if each request asked Redis.
     assert [d.remaining for d in decisions] == list(range(999, 939, -1))
 
@@ -204,3 +208,16 @@ async def test_without_leasing_every_request_asks_redis() -> None:
         await limiter.check("c")
     assert redis.wanted == [[1]] * 5
     assert not limiter._leases  # nothing kept per client
+
+
+def decided(limiter: str, outcome: str) -> float:
+    labels = {"limiter": limiter, "outcome": outcome}
+    return REGISTRY.get_sample_value("atlas_rate_limit_decisions_total", labels) or 0.0
+
+
+async def test_every_decision_is_counted_by_limiter_and_outcome(client: TestClient) -> None:
+    before = {o: decided("local", o) for o in ("allowed", "refused")}
+    statuses = [(await client.get("/v1/x", headers={"X-Client": "c9"})).status for _ in range(3)]
+    assert statuses == [200, 200, 429]  # a burst of 2, decided locally (no Redis here)
+    assert decided("local", "allowed") - before["allowed"] == 2
+    assert decided("local", "refused") - before["refused"] == 1
