@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from web.ops_page import ASSETS as OPS_ASSETS
+from web.ops_page import PAGE_PATH as OPS_PAGE
+from web.ops_page import STATUS_PATH as OPS_STATUS
 from web.problems import PROBLEM_JSON
 from web.schemas import (
     ACCOUNT_ID_PATTERN,
@@ -23,6 +26,7 @@ from web.schemas import (
     EmptyBody,
     Health,
     OpenAccountBody,
+    OperatorStatus,
     Problem,
     Transfer,
     TransferAccepted,
@@ -443,6 +447,35 @@ def operations(assets: Iterable[str] = ()) -> list[Operation]:
             {200: Answer("Prometheus text format.", {METRICS_TEXT: {"type": "string"}})},
         ),
         _open(
+            OPS_PAGE,
+            "opsPage",
+            "The operator page: lag, outbox backlog, breakers, dead letters, relay",
+            "operations",
+            {200: Answer("HTML; it polls `/ops/status.json`.", {HTML: {}})},
+        ),
+        _open(
+            OPS_STATUS,
+            "opsStatus",
+            "What the operator page shows, as JSON",
+            "operations",
+            {200: Answer("This worker's view.", {JSON: OperatorStatus})},
+        ),
+        Operation(
+            "get",
+            OPS_PAGE + "/{asset}",
+            "opsAsset",
+            "The operator page's script and style",
+            "operations",
+            {
+                200: Answer(
+                    "The file.",
+                    {media: {"type": "string"} for media, _ in OPS_ASSETS.values()},
+                ),
+                404: _problem("No such asset."),
+            },
+            parameters=(_path_param("asset", "The file's name.", enum=list(OPS_ASSETS)),),
+        ),
+        _open(
             "/openapi.json",
             "openapi",
             "This document",
@@ -496,7 +529,10 @@ def build_document(version: str, assets: Iterable[str] = ()) -> dict[str, Any]:
         "tags": [
             {"name": "accounts", "description": "Open, freeze, unfreeze, close and read."},
             {"name": "transfers", "description": "Move money between two accounts."},
-            {"name": "operations", "description": "Health and metrics; no credentials."},
+            {
+                "name": "operations",
+                "description": "Health, metrics and the operator page; no credentials.",
+            },
             {"name": "docs", "description": "This document and its viewers; no credentials."},
         ],
         "paths": paths,

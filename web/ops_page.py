@@ -7,6 +7,7 @@ no secrets (web/ops_status.py). The page and its script and style are served fro
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import orjson
@@ -23,7 +24,7 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_ASSETS = {
+ASSETS = {
     "ops.js": ("text/javascript", SCRIPT),
     "ops.css": ("text/css", STYLE),
 }
@@ -61,7 +62,7 @@ class OpsPage:
         )
 
     async def asset(self, request: web.Request) -> web.Response:
-        found = _ASSETS.get(request.match_info["asset"])
+        found = ASSETS.get(request.match_info["asset"])
         if found is None:
             raise web.HTTPNotFound()
         content_type, text = found
@@ -79,7 +80,8 @@ class OpsPage:
     def install(self, router: web.UrlDispatcher) -> None:
         router.add_get(PAGE_PATH, self.page)
         router.add_get(STATUS_PATH, self.status_json)
-        router.add_get(PAGE_PATH + "/{asset:ops\\.(?:js|css)}", self.asset)
+        names = "|".join(re.escape(name) for name in ASSETS)
+        router.add_get(PAGE_PATH + f"/{{asset:{names}}}", self.asset)
 
 
 def install_ops_page(router: web.UrlDispatcher, app: OpsSources) -> None:

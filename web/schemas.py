@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
+from streams.resilience import Dependency, State
 from tables.messages import TransferStatus
 
 # Account ids travel in paths, Location headers and Kafka keys: URL-safe, bounded.
@@ -181,3 +182,32 @@ class Health(_Open):
     serviceId: str | None = None
     description: str | None = None
     checks: dict[str, list[HealthCheck]] | None = None
+
+
+class OpsBacklog(_Open):
+    rows: int = Field(description="Outbox rows not published yet (set-aside rows excluded).")
+    oldest_s: float = Field(description="Age of the oldest of them, in seconds.")
+    failed: int = Field(description="Rows set aside as unpublishable (`atlas outbox-failed`).")
+    limit: int = Field(description="The backlog past which writes are shed with 503.")
+    shedding: bool = Field(description="Whether writes are being shed now.")
+    reading_age_s: float | None = Field(description="How old this reading is; null before one.")
+
+
+class OpsDeadLetters(_Open):
+    total: int
+    by_topic: dict[str, int] = Field(description="Per source topic, since this worker started.")
+
+
+class OpsRelay(_Open):
+    leader: bool = Field(description="Whether this worker's relay publishes the outbox.")
+
+
+class OperatorStatus(_Open):
+    """`/ops/status.json`: what the operator page shows; counts, states and names only."""
+
+    generated_at: str = Field(description="When this worker made the document (UTC, ISO 8601).")
+    lag: ConsumerLag | None = Field(description="The latest lag reading; null before one.")
+    backlog: OpsBacklog
+    breakers: dict[Dependency, State] = Field(description="Each dependency's circuit breaker.")
+    dead_letters: OpsDeadLetters
+    relay: OpsRelay

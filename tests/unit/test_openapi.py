@@ -19,6 +19,7 @@ from web.docs import ASSETS, Docs, sidecar_static
 from web.middleware import MIDDLEWARES
 from web.openapi import build_document
 from web.ops import install_lag
+from web.ops_page import OpsPage
 from web.reads import TableReads
 from web.schemas import EmptyBody, OpenAccountBody, TransferBody
 from web.writes import WriteViews
@@ -35,6 +36,7 @@ def atlas_app() -> web.Application:
     WriteViews(Settings(_env_file=None), lambda: None, lambda _: None).install(app.router)
     Docs("9.9.9").install(app.router)
     install_lag(app.router, SimpleNamespace(group="g", groups=["g"], reports={}))  # type: ignore[arg-type]
+    OpsPage(None).install(app.router)  # type: ignore[arg-type]
     return app
 
 

@@ -19,6 +19,7 @@ from web.auth import ApiClient, auth_middleware
 from web.middleware import MIDDLEWARES
 from web.ops_page import OpsPage
 from web.ops_status import OpsStatus, dead_letter_counts
+from web.schemas import ConsumerLag, OperatorStatus, OpsBacklog
 
 NOW = datetime(2026, 11, 26, 10, 0, 0, 250000, tzinfo=UTC)
 REPORT = LagReport(
@@ -133,6 +134,29 @@ def test_a_failed_lag_reading_shows_its_error() -> None:
     assert document["lag"]["status"] == "ERR"
     assert document["lag"]["error"] == "KafkaConnectionError: down"
     assert len(document["lag"]["partitions"]) == 2  # the last good partitions stay
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        make_status(),
+        make_status(
+            lag=FakeLag(None),
+            backlog=FakeBacklog(rows=0, oldest_s=0.0, measured_at=None),
+            dead_letters=dict,
+        ),
+        make_status(lag=FakeLag(LagReport("atlas", Status.ERR, REPORT.partitions, "down"))),
+    ],
+    ids=["readings", "before-readings", "failed-lag"],
+)
+def test_the_status_document_is_what_openapi_says(status: OpsStatus) -> None:
+    document = status.document()
+    OperatorStatus.model_validate(document)
+    # Every key is declared (the model allows more, so check the names too).
+    assert set(document) == set(OperatorStatus.model_fields)
+    assert set(document["backlog"]) == set(OpsBacklog.model_fields)
+    if document["lag"] is not None:
+        assert set(document["lag"]) <= set(ConsumerLag.model_fields)
 
 
 def test_dead_letter_counts_are_the_dead_lettered_outcomes_per_topic() -> None:
