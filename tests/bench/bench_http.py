@@ -173,6 +173,9 @@ async def _measure_once(
         )
 
     atlas = server.kind.startswith("atlas")
+    checkpointed = await db.checkpoint()
+    if not checkpointed:
+        print("  no CHECKPOINT privilege: a checkpoint may land inside this row", flush=True)
     settled = await settle(proc)
     await wrk(args.warmup, f"warm-{tag}-{secrets.token_hex(4)}", f"wrk-{tag}-warmup.log")
     prefix = f"run-{tag}-{secrets.token_hex(4)}"
@@ -200,6 +203,7 @@ async def _measure_once(
     extra: dict[str, Any] = {
         "server": server.name,
         "concurrency": connections,
+        "checkpointed_before_run": checkpointed,
         "settled_before_run": settled,
         "wrk": asdict(result),
         "cpu_s": cpu,

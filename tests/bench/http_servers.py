@@ -106,6 +106,18 @@ class BenchDatabase:
         finally:
             await conn.close()
 
+    async def checkpoint(self) -> bool:
+        """CHECKPOINT now, so that none lands inside the next measured row (the stack grants
+        pg_checkpoint); False when the role may not."""
+        conn = await asyncpg.connect(self.url, timeout=10)
+        try:
+            await conn.execute("CHECKPOINT", timeout=120)
+            return True
+        except asyncpg.InsufficientPrivilegeError:
+            return False
+        finally:
+            await conn.close()
+
     async def accepted_in_outbox(self, key_prefix: str) -> tuple[int, int]:
         """Of the keys starting with `key_prefix`: (completed keys, outbox rows they wrote)."""
         conn = await asyncpg.connect(self.url, timeout=10)
