@@ -241,10 +241,11 @@ class GroupCommit:
         retention_s: float,
         timeout_s: float,
         max_batch: int = 128,
-        # Two in flight: under load a batch fills while the other commits. Against 4 (make
-        # bench-http, write path alone, three interleaved runs each): batches of 5.2 / 10.3
-        # requests instead of 4.0 / 8.0 at c=16 / c=32, 4-7% more requests/s, same p99.
-        concurrency: int = 2,
+        # One in flight: under load the next batch fills while it commits. A statement's
+        # cost is mostly per batch, so fewer, fuller batches win (make bench-http, write path
+        # alone, interleaved runs): against 2, batches of 7.9 / 15.4 requests instead of
+        # 5.1 / 10.4 at c=16 / c=32 and 10-15% more requests/s; 2 had beaten 4 likewise.
+        concurrency: int = 1,
     ) -> None:
         self._pool = pool
         self.retention_s, self.timeout_s = retention_s, timeout_s
