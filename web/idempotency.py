@@ -244,7 +244,8 @@ class GroupCommit:
         # One in flight: under load the next batch fills while it commits. A statement's
         # cost is mostly per batch, so fewer, fuller batches win (make bench-http, write path
         # alone, interleaved runs): against 2, batches of 7.9 / 15.4 requests instead of
-        # 5.1 / 10.4 at c=16 / c=32 and 10-15% more requests/s; 2 had beaten 4 likewise.
+        # 5.1 / 10.4 at c=16 / c=32, and 6-7% more requests/s on average over every run
+        # (10-15% in short runs of the write path alone); 2 had beaten 4 likewise.
         concurrency: int = 1,
     ) -> None:
         self._pool = pool
