@@ -80,9 +80,11 @@ def edge_middleware(deadline_s: float | None = None, prefix: str = "/v1/") -> An
         bound = structlog.contextvars.bind_contextvars(correlation_id=cid)
         try:
             budget = deadline_s if request.path.startswith(prefix) else None
+            deadline: asyncio.Timeout | None = None
             try:
                 if budget is not None:
-                    async with asyncio.timeout(budget + _long_poll_s(request)):
+                    deadline = asyncio.timeout(budget + _long_poll_s(request))
+                    async with deadline:
                         response = await handler(request)
                 else:
                     response = await handler(request)
@@ -96,10 +98,10 @@ def edge_middleware(deadline_s: float | None = None, prefix: str = "/v1/") -> An
                 log.info("client disconnected", route=route_template(request))
                 response = web.Response(status=400)
             except TimeoutError:
-                if budget is None:
-                    response = _internal_error(request)
-                else:
+                if budget is not None and deadline is not None and deadline.expired():
                     response = _deadline_exceeded(request, budget)
+                else:  # a timeout of the handler's own escaped it: not the deadline
+                    response = _internal_error(request)
             except Exception:
                 response = _internal_error(request)
             _observe(request, response, time.perf_counter() - started)

@@ -109,6 +109,20 @@ async def test_deadline_cuts_off_slow_api_requests_with_a_problem() -> None:
             await c.get("/health/slow", timeout=aiohttp.ClientTimeout(total=0.3))
 
 
+async def test_a_timeout_of_the_handlers_own_is_not_the_deadline() -> None:
+    async def times_out(request: web.Request) -> web.Response:
+        raise TimeoutError("a call of the handler's own timed out")
+
+    app = web.Application(middlewares=[edge_middleware(5.0)])
+    app.router.add_get("/v1/inner", times_out)
+    async with TestClient(TestServer(app)) as c:
+        before = sample("atlas_http_deadline_exceeded_total", route="/v1/inner")
+        r = await c.get("/v1/inner")
+        assert r.status == 500  # escaped the handler: a bug, not the request's deadline
+        assert (await r.json())["type"] == "/problems/internal-error"
+        assert sample("atlas_http_deadline_exceeded_total", route="/v1/inner") == before
+
+
 async def test_a_long_poll_gets_its_wait_on_top_of_the_deadline() -> None:
     async def poll(request: web.Request) -> web.Response:
         extra = float(request.query["extra"])
