@@ -2,7 +2,9 @@
 # Local single-node Apache Kafka (KRaft, broker + controller in one JVM) run from Maven Central jars.
 # usage: infra/services/kafka.sh {fetch|fetch-tools|start|stop|status|logs [-f]}
 # env: KAFKA_HOST (127.0.0.1), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093),
-#      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (90), ATLAS_STATE_DIR (<repo>/.local)
+#      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (90), ATLAS_STATE_DIR (<repo>/.local),
+#      KAFKA_LIBS_DIR (the broker's jars; $ATLAS_STATE_DIR/kafka/libs: a test's own broker reuses
+#      the stack's jars through it)
 set -euo pipefail
 SERVICE=kafka
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -11,7 +13,7 @@ KAFKA_HOST="${KAFKA_HOST:-127.0.0.1}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_DIR="$ATLAS_STATE_DIR/kafka"
-LIBS="$KAFKA_DIR/libs"
+LIBS="${KAFKA_LIBS_DIR:-$KAFKA_DIR/libs}"
 TOOLS_LIBS="$KAFKA_DIR/tools-libs"
 DATA="$KAFKA_DIR/data"
 CONF="$KAFKA_DIR/server.properties"
