@@ -1,24 +1,35 @@
 """The agents: thin shells that hand batches to the processors.
 
 Concurrency is 1 so a partition's batches run in order. An exception that escapes a processor is
-a bug or a lost dependency, never bad input (that goes to the dead-letter topic): the worker
-stops without committing the batch it did not finish, which is read again after restart.
+a bug or a lost dependency, never bad input (that goes to the dead-letter topic).
+
+A retriable Kafka error (a leader election, a broker restart: `streams.kafka.retriable`) runs the
+same batch again, with exponential backoff and full jitter, for at most the delivery timeout: the
+dedup marks make a re-run re-send the effects of what the first run applied, never apply it
+twice. Any other error, or one that outlives the delivery timeout, stops the worker without
+committing the batch it did not finish, which is read again after restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import backoff
 import faust
 
+from streams.kafka import retriable
 from streams.ledger import LedgerProcessor
 from streams.logs import get_logger
+from streams.resilience import RETRIES
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.tracing import consuming
 from streams.transfers import TransfersProcessor
 
 log = get_logger(__name__)
+
+Process = Callable[[list[Any]], Awaitable[None]]
 
 
 def install_agents(
@@ -29,12 +40,13 @@ def install_agents(
     transfers: TransfersProcessor,
 ) -> tuple[Any, Any]:
     batch, within = settings.batch_max, settings.batch_within_s
+    again = retrying_kafka(settings.kafka_delivery_timeout_s)
 
     async def run(name: str, stream: Any, process: Any) -> None:
         async for events in stream.take_events(batch, within=within):
             try:
                 with consuming(name, events):  # spans per event only while tracing is on
-                    await process(events)
+                    await again(process, events)
             except Exception as exc:
                 # Faust acks a batch even when its body raises (take_events acks in a finally):
                 # refuse every later commit first, so the batch is read again after restart.
@@ -54,3 +66,34 @@ def install_agents(
         await run("transfers", stream, transfers.process)
 
     return ledger_agent, transfers_agent
+
+
+def retrying_kafka(
+    max_time_s: float, first_delay_s: float = 0.1, max_delay_s: float = 5.0
+) -> Callable[[Process, list[Any]], Awaitable[None]]:
+    """Run a batch, again while it fails with a retriable Kafka error, for up to `max_time_s`."""
+
+    def on_backoff(details: Any) -> None:
+        RETRIES.labels("kafka").inc()
+        log.warning(
+            "batch hit a retriable Kafka error; running it again",
+            error=repr(details["exception"]),
+            attempt=details["tries"],
+            retry_in_s=round(details["wait"], 3),
+        )
+
+    @backoff.on_exception(
+        backoff.expo,
+        Exception,
+        giveup=lambda exc: not retriable(exc),
+        max_time=max_time_s,
+        jitter=backoff.full_jitter,
+        factor=first_delay_s,
+        max_value=max_delay_s,
+        on_backoff=on_backoff,
+        logger=None,
+    )
+    async def attempt(process: Process, events: list[Any]) -> None:
+        await process(events)
+
+    return attempt

@@ -10,7 +10,7 @@ import gc
 import uuid
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 import aiohttp.web
 import faust
@@ -31,6 +31,7 @@ from streams.settings import Settings, get_settings
 from streams.topics import TopicDeclarer, define_topics
 from streams.tracing import setup_tracing
 from streams.transfers import TransfersProcessor
+from tables.errors import DependencyUnavailable
 from tables.ledger import Limits
 from tables.messages import Position
 from tables.store import define_tables
@@ -114,6 +115,32 @@ class AtlasApp(faust.App):
         committed: dict[TP, int] = getattr(self.consumer, "committed", {})
         return position.offset < committed.get(TP(position.topic, position.partition), -1)
 
+    def kafka_topic_names(self) -> list[str]:
+        """Every topic this worker reads or writes: inputs, outputs, dead letters, changelogs."""
+        names = {name for topic in self.topics_.all() for name in topic.topics}
+        names.update(table.changelog_topic.get_topic_name() for table in self.tables.values())
+        return sorted(names)
+
+    async def kafka_topics_ready(self) -> int:
+        """How many topics the worker uses, once each can take records and be routed to.
+
+        Raises while one does not exist, has a partition without a leader, or is missing from
+        the metadata of the producer that table routing hashes keys with (whose refresh this
+        starts): readiness waits for all three.
+        """
+        names = self.kafka_topic_names()
+        reasons = await self.resources.breakers.call(
+            "kafka", lambda: self.resources.kafka_unready(names)
+        )
+        if reasons:
+            raise DependencyUnavailable(
+                "; ".join(f"{topic} {why}" for topic, why in sorted(reasons.items()))
+            )
+        untracked = cast(kafka.SafeProducer, self.producer).untracked(names)
+        if untracked:
+            raise DependencyUnavailable(f"not in the producer's metadata yet: {untracked}")
+        return len(names)
+
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         # Started with the producer and consumer, stopped with them.
         return [
@@ -139,6 +166,7 @@ class AtlasApp(faust.App):
             lambda: self.tables.actives_ready,
             self.backlog,
             lag=self.lag_monitor,
+            kafka_topics=self.kafka_topics_ready,
         )
         # Inside the edge (see faust_options): refusals are still correlated, counted and
         # rendered as problems, and the deadline bounds auth, the limiter and the view; the
@@ -209,7 +237,8 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "store": settings.table_store,
         "table_standby_replicas": 0,
         "producer_linger": settings.producer_linger_s,
-        "producer_request_timeout": settings.producer_request_timeout_s,
+        # aiokafka bounds a record's whole delivery (its batch's life) by its request timeout.
+        "producer_request_timeout": settings.kafka_delivery_timeout_s,
         "stream_wait_empty": True,
         "topic_partitions": settings.topic_partitions,
         "topic_replication_factor": settings.topic_replication_factor,

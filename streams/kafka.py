@@ -14,16 +14,37 @@ input is read again by whoever owns the partition next.
 `SafeConsumer` caps a commit at the lowest offset still in flight on its partition (Faust issue
 #606 can commit past an in-flight message when later ones are acked), and remembers the offsets
 that were really committed, for the dedup marks' archiving (`tables.ledger`).
+
+Which Kafka errors are which (the producer's, the agents' and the commit's):
+
+- **Retriable** (`retriable`): Kafka's normal transitions. `NotLeaderForPartition` and
+  `LeaderNotAvailable` (a leader election: a brand-new topic, a broker that restarted),
+  `RequestTimedOut`, `NotEnoughReplicas`, a lost connection or a broker that does not answer
+  (`KafkaConnectionError`, `NodeNotReady`), metadata not there yet (`UnknownTopicOrPartition`,
+  `KafkaTimeoutError` while waiting for it or for room in the send buffer). They say nothing
+  about the record, only that the cluster was briefly unable to take it. The producer is
+  idempotent (`enable_idempotence`, acks=all), so aiokafka retries them itself and the broker
+  drops a retry's duplicate by its sequence number; the commit gate (`flush`) waits for the
+  outcome. An agent whose batch raised one runs the same batch again with backoff
+  (`streams.agents`): dedup makes a re-run re-send effects, never re-apply a change.
+- **Fatal**: everything else, and a retriable error that outlived the delivery timeout
+  (`kafka_delivery_timeout_s`, aiokafka's batch life). A record too large, an unknown or
+  unauthorised topic, a fenced or out-of-sequence producer: retrying cannot make Kafka take the
+  record. It is lost, so no offset may ever move past it: the failure is sticky, every later
+  commit of this process is refused, and the worker stops. Nothing committed is lost; whoever
+  owns the partitions next reads the uncommitted input again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -36,14 +57,66 @@ SCHEME = "atlas-kafka"
 Record = tuple[bytes, bytes, list[tuple[str, bytes]] | None]  # key, value, headers
 
 
+def retriable(exc: BaseException) -> bool:
+    """Whether `exc` is one of Kafka's transitions, worth trying again (see the module notes).
+
+    aiokafka marks Kafka's retriable error codes with `retriable`; a connection that failed,
+    and a wait for metadata or for room in the send buffer that timed out, are retriable too.
+    Faust wraps a failed send in `ProducerSendError`: its cause decides.
+    """
+    if isinstance(exc, ProducerSendError) and exc.__cause__ is not None:
+        return retriable(exc.__cause__)
+    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError | ConnectionError | TimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
 class SafeProducer(faust_aiokafka.Producer):
-    flush_timeout_s: float = 60.0
+    # How often `untracked` may ask for fresh metadata while topics are missing from it.
+    refresh_every_s: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._unresolved: set[asyncio.Future[Any]] = set()
         self._failure: BaseException | None = None
         self._partition_counts: dict[str, int] = {}
+        self._refreshed_at = -math.inf
+        # A record is settled within the delivery timeout (aiokafka's request timeout bounds a
+        # batch's life); the margin covers its last request.
+        self.flush_timeout_s = float(self.request_timeout) + 30.0
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        # Idempotent: aiokafka retries a retriable refusal for as long as the batch lives
+        # (the request timeout, set to the delivery timeout), and a retry cannot duplicate.
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    def untracked(self, topics: Iterable[str]) -> list[str]:
+        """Those of `topics` this producer cannot place a key on yet; asks for their metadata.
+
+        The table router hashes a key on this producer's metadata (Faust's `key_partition`),
+        and a record waits for its partition's leader: a topic is placeable once the metadata
+        has its partitions, each with a leader. Only call it with topics that exist: a
+        metadata request names them, and a broker that auto-creates topics would create them.
+        """
+        producer = self._producer
+        if producer is None:
+            return list(topics)
+        client = producer.client
+        missing = [t for t in topics if not _placeable(client.cluster, t)]
+        if missing:
+            for topic in missing:
+                client.add_topic(topic)
+            self.refresh_metadata()
+        return missing
+
+    def refresh_metadata(self) -> None:
+        """Start a metadata refresh, at most once every `refresh_every_s`."""
+        producer = self._producer
+        now = time.monotonic()
+        if producer is None or now - self._refreshed_at < self.refresh_every_s:
+            return
+        self._refreshed_at = now
+        producer.client.force_metadata_update()
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unresolved.add(fut)
@@ -152,6 +225,11 @@ class SafeProducer(faust_aiokafka.Producer):
         if self._failure is not None:
             # Sticky: once a record is lost this process must never commit again.
             raise ProducerSendError(f"a produce failed: {self._failure!r}") from self._failure
+
+
+def _placeable(cluster: Any, topic: str) -> bool:
+    partitions = cluster.partitions_for_topic(topic)
+    return bool(partitions) and cluster.available_partitions_for_topic(topic) == partitions
 
 
 def _settle(outstanding: asyncio.Future[Any], delivery: asyncio.Future[Any]) -> None:

@@ -45,6 +45,34 @@ async def existing(client: AIOKafkaClient, topics: Sequence[str]) -> list[str]:
     return [t["topic"] for t in answer["topics"] if t["error_code"] == 0]
 
 
+async def unready(client: AIOKafkaClient, topics: Sequence[str]) -> dict[str, str]:
+    """Those of `topics` that cannot take a record yet, each with the reason.
+
+    A topic is ready when the cluster has it and every one of its partitions has a leader: a
+    brand-new topic, or one whose broker just restarted, has partitions whose leader is still
+    being elected, and a record sent to them is refused (`NotLeaderForPartition`).
+    """
+    if not topics:
+        return {}
+    answer = await _metadata(client, list(topics))
+    reasons = {t: "does not exist" for t in topics}
+    for t in answer["topics"]:
+        if t["topic"] not in reasons:
+            continue
+        if t["error_code"] != 0:
+            continue  # unknown, or being created: "does not exist" stands
+        leaderless = sorted(
+            p["partition"] for p in t["partitions"] if p["error_code"] != 0 or p["leader"] < 0
+        )
+        if not t["partitions"]:
+            reasons[t["topic"]] = "has no partitions yet"
+        elif leaderless:
+            reasons[t["topic"]] = f"partitions {leaderless} have no leader"
+        else:
+            del reasons[t["topic"]]
+    return reasons
+
+
 async def track_existing(client: AIOKafkaClient, topics: Sequence[str]) -> list[str]:
     """Narrow `client`'s metadata to those of `topics` that exist, and refresh it.
 

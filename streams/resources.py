@@ -16,7 +16,7 @@ from mode import Service
 from prometheus_client import Gauge, Histogram
 from redis.asyncio import Redis
 
-from streams.kafka_metadata import OFFSETS_TOPIC, brokers, track_existing
+from streams.kafka_metadata import OFFSETS_TOPIC, brokers, track_existing, unready
 from streams.logs import get_logger
 from streams.resilience import Breakers
 from streams.settings import Settings
@@ -110,15 +110,22 @@ class Resources(Service):
         )
         log.info("resources started")
 
-    async def kafka_metadata(self) -> int:
-        """Ask the cluster for its brokers (no topic metadata); return how many it has."""
+    async def _kafka_client(self) -> AIOKafkaClient:
         assert self.kafka is not None, "resources not started"
         if not self._kafka_bootstrapped:
             await self.kafka.bootstrap()
             # Its background refresh would otherwise fetch every topic's metadata.
             await track_existing(self.kafka, [OFFSETS_TOPIC])
             self._kafka_bootstrapped = True
-        return await brokers(self.kafka)
+        return self.kafka
+
+    async def kafka_metadata(self) -> int:
+        """Ask the cluster for its brokers (no topic metadata); return how many it has."""
+        return await brokers(await self._kafka_client())
+
+    async def kafka_unready(self, topics: list[str]) -> dict[str, str]:
+        """Those of `topics` the cluster cannot take records on yet, with the reason."""
+        return await unready(await self._kafka_client(), topics)
 
     async def on_stop(self) -> None:
         timeout = self.settings.postgres_timeout_s

@@ -109,7 +109,10 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=5000, ge=1)
     batch_within_s: float = Field(default=0.1, gt=0)
     producer_linger_s: float = Field(default=0.005, ge=0)
-    producer_request_timeout_s: float = Field(default=30.0, gt=0)
+    # How long a record may take to be acknowledged, retries included (Kafka's delivery.timeout.ms
+    # default). Retriable refusals (a leader election, a broker restart) are retried within it;
+    # past it the record has failed for good and the worker commits nothing more (kafka.py).
+    kafka_delivery_timeout_s: float = Field(default=120.0, gt=0)
     # Faust table store: rocksdb:// keeps state on disk (fast restarts); memory:// replays the
     # whole changelog at every start.
     table_store: Literal["rocksdb://", "memory://"] = "rocksdb://"

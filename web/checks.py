@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from streams.backlog import OutboxBacklog
 from streams.lag import LagMonitor, Status
@@ -22,6 +22,7 @@ def dependency_checks(
     tables_ready: Callable[[], bool],
     backlog: OutboxBacklog | None = None,
     lag: LagMonitor | None = None,
+    kafka_topics: Callable[[], Awaitable[int]] | None = None,
 ) -> list[Check]:
     # The probes go through the dependency's breaker: an open breaker answers at once, and once
     # it half-opens the probe is the trial call that closes it again.
@@ -60,6 +61,24 @@ def dependency_checks(
 
     async def kafka() -> None:
         await breakers.call("kafka", resources.kafka_metadata)
+
+    topic_checks = (
+        [
+            # Every topic the worker reads or writes has leaders, and the producer that table
+            # routing hashes keys with knows them: the first request after readiness can be
+            # served.
+            Check(
+                "kafka:topics",
+                "component",
+                kafka_topics,
+                settings.kafka_timeout_s,
+                observed_unit="ready",
+                timed=False,
+            )
+        ]
+        if kafka_topics is not None
+        else []
+    )
 
     async def recovery() -> int:
         if not tables_ready():
@@ -151,6 +170,7 @@ def dependency_checks(
             failure_status="warn",
         ),
         Check("kafka:responseTime", "component", kafka, settings.kafka_timeout_s),
+        *topic_checks,
         Check(
             "worker:tablesRecovered", "system", recovery, 1.0, observed_unit="boolean", timed=False
         ),

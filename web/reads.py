@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from faust.exceptions import SameNode
 from faust.web.exceptions import ServiceUnavailable
 
@@ -30,6 +31,7 @@ from tables.messages import TransferStatus
 from web.problems import problem_response
 
 MAX_WAIT_S = 30.0
+_RETRY_AFTER = "1"
 _POLL_S = 0.1
 
 PendingLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -93,16 +95,25 @@ class TableReads:
     ) -> web.StreamResponse:
         if not self.app.tables.actives_ready or self.app.rebalancing:
             return _unavailable(request, "table state is being recovered")
+        # The router hashes the key on the producer's metadata of the changelog topic: until
+        # that metadata has every partition with a leader (a brand-new topic, a broker that
+        # restarted) the owner cannot be found, and the refresh this starts will find it.
+        producer = self.app.producer
+        if producer.untracked([table.changelog_topic.get_topic_name()]):
+            return _unavailable(request, "the partitions of this key are not known yet")
         try:
             response: web.StreamResponse = await self.app.router.route_req(
                 table.name, key, self.app.web, request
             )
         except SameNode:
             return await local()
-        except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):
+        except (ServiceUnavailable, aiohttp.ClientError, TimeoutError, KafkaError):
+            producer.refresh_metadata()  # the owners may have moved
             return _unavailable(request, "the worker that owns this key cannot be reached")
         if response.status >= 400:  # the owner's problem body, with its media type back
             response.content_type = "application/problem+json"
+        if response.status == 503:  # Faust's proxy keeps no header of the owner's answer
+            response.headers["Retry-After"] = _RETRY_AFTER
         return response
 
     async def get_account(self, request: web.Request) -> web.StreamResponse:
@@ -166,5 +177,9 @@ def _not_found(request: web.Request, what: str, key: str) -> web.Response:
 
 def _unavailable(request: web.Request, detail: str) -> web.Response:
     return problem_response(
-        503, slug="unavailable", detail=detail, instance=request.path, headers={"Retry-After": "1"}
+        503,
+        slug="unavailable",
+        detail=detail,
+        instance=request.path,
+        headers={"Retry-After": _RETRY_AFTER},
     )
