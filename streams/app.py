@@ -248,6 +248,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": settings.kafka_rebalance_timeout_s,
         "broker_request_timeout": settings.kafka_request_timeout_s,
         "broker_commit_interval": settings.kafka_commit_interval_s,
+        "consumer_metadata_max_age_ms": int(settings.kafka_metadata_max_age_s * 1000),
         "web_enabled": True,
         "web_bind": settings.web_bind,
         "web_host": settings.web_host,

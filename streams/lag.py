@@ -255,10 +255,13 @@ class OffsetsReader:
     async def start(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await admin.start()
         try:
+            await admin.start()
             await consumer.start()
         except Exception:
+            # A broker that is down fails either start half-way: close both, or each failed
+            # poll would leave a consumer's connections behind ("Unclosed AIOKafkaConsumer").
+            await consumer.stop()
             await admin.close()
             raise
         self._admin, self._consumer = admin, consumer

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     relay_poll_s: float = Field(default=1.0, gt=0)
     relay_publish_timeout_s: float = Field(default=10.0, gt=0)
     relay_reap_every_s: float = Field(default=60.0, gt=0)
-    relay_retry_max_s: float = Field(default=30.0, gt=0)
+    # The longest backoff between two tries while PostgreSQL or Kafka is down (full jitter), and
+    # so the longest the relay waits to publish again once the dependency is back.
+    relay_retry_max_s: float = Field(default=5.0, gt=0)
     outbox_retention_s: float = Field(default=24 * 3600.0, gt=0)
 
     # Per-client rate limit (GCRA): sustained requests per second, and the burst on top.
@@ -123,6 +125,10 @@ class Settings(BaseSettings):
     kafka_rebalance_timeout_s: float = Field(default=20.0, gt=0)
     kafka_request_timeout_s: float = Field(default=30.0, gt=0)
     kafka_commit_interval_s: float = Field(default=1.0, gt=0)
+    # How old the consumer's metadata may get. A topic whose metadata is briefly unavailable
+    # while a broker restarts is left out of the group's assignment, and only a refresh that
+    # finds it again triggers the rebalance that assigns it (Kafka's default is 5 minutes).
+    kafka_metadata_max_age_s: float = Field(default=5.0, gt=0)
 
     # Per-call timeouts of every dependency check and query.
     postgres_timeout_s: float = Field(default=2.0, gt=0)

@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams import topics as names
+from streams.operations import read_topic
 from tests.integration.brokers import OwnKafka
 from tests.integration.processes import Response, WorkerProcess, http, run_atlas, wait_until
 from tests.integration.stack import tag
@@ -287,6 +289,31 @@ def deposit(event_id: str, account_id: str, amount: int) -> dict[str, object]:
 FUNDS = 1_000_000
 
 
+async def where_are(ns: Namespace, env: dict[str, str], transfers: dict[str, object]) -> str:
+    """Where unfinished transfers stand: in the outbox, on the commands topic, in events."""
+    ids = list(transfers)
+    conn = await asyncpg.connect(env["DATABASE_URL"], timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT payload->>'transfer_id' AS id, published_at IS NOT NULL AS published,"
+            " failed_at IS NOT NULL AS failed FROM outbox"
+            " WHERE payload->>'transfer_id' = ANY($1::text[])",
+            ids,
+        )
+    finally:
+        await conn.close()
+    commands = await read_topic(ns.bootstrap, ns.topic(names.COMMANDS))
+    on_topic = {i for i in ids for r in commands if i.encode() in (r.value or b"")}
+    events = await read_topic(ns.bootstrap, ns.topic(names.TRANSFER_EVENTS))
+    evented = Counter(i for i in ids for r in events if i.encode() in (r.value or b""))
+    states = Counter((r["published"], r["failed"]) for r in rows)
+    return (
+        f"{len(ids)} unfinished; outbox rows (published, failed): {states};"
+        f" on the commands topic: {len(on_topic)};"
+        f" with transfer events: {len(evented)}; sample {ids[:3]}"
+    )
+
+
 def test_a_broker_restart_under_load_is_survived_and_every_effect_lands_once(
     own_kafka: OwnKafka, spawn_worker: Spawn, api_key: str, base_env: dict[str, str]
 ) -> None:
@@ -335,16 +362,23 @@ def test_a_broker_restart_under_load_is_survived_and_every_effect_lands_once(
     assert traffic.writes[202] > 0 and traffic.sent > 0
 
     # At rest: every payment applied once, every accepted transfer completed once.
+    def unfinished() -> dict[str, set[str] | None]:
+        finals = asyncio.run(transfer_finals(ns))
+        return {t: finals.get(t) for t in traffic.transfers if finals.get(t) != {"completed"}}
+
+    try:
+        wait_until(lambda: not unfinished(), timeout=90, interval=2, what="every transfer final")
+    except AssertionError as exc:
+        where = asyncio.run(where_are(ns, base_env, unfinished()))
+        raise AssertionError(f"{exc}\n{where}") from None
     asyncio.run(ns.wait_at_rest(120))
+    assert not unfinished()
     expected = dict.fromkeys(accounts, FUNDS)
     for account_id, amount in traffic.deposits.values():
         expected[account_id] += amount
     for source, target, amount in traffic.transfers.values():
         expected[source] -= amount
         expected[target] += amount
-    finals = asyncio.run(transfer_finals(ns))
-    unfinished = {t: finals.get(t) for t in traffic.transfers if finals.get(t) != {"completed"}}
-    assert not unfinished, list(unfinished.items())[:5]
     assert asyncio.run(final_balances(ns)) == expected
     verify = run_atlas({**base_env, **env}, "verify", "--wait", "30")
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -196,3 +196,38 @@ def test_the_monitor_watches_its_own_group_on_the_source_topics() -> None:
         "p.atlas.ledger.legs.v1",
         "p.atlas.ledger.transfer-events.v1",
     ]
+
+
+async def test_a_reader_that_cannot_start_closes_both_its_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.lag import OffsetsReader
+
+    closed: list[str] = []
+
+    async def refused(self: Any) -> None:
+        raise ConnectionError("broker down")
+
+    async def admin_started(self: Any) -> None:
+        return None
+
+    real_stop, real_close = AIOKafkaConsumer.stop, AIOKafkaAdminClient.close
+
+    async def consumer_stopped(self: Any) -> None:
+        closed.append("consumer")
+        await real_stop(self)
+
+    async def admin_closed(self: Any) -> None:
+        closed.append("admin")
+        await real_close(self)
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "start", admin_started)
+    monkeypatch.setattr(AIOKafkaConsumer, "start", refused)
+    monkeypatch.setattr(AIOKafkaConsumer, "stop", consumer_stopped)
+    monkeypatch.setattr(AIOKafkaAdminClient, "close", admin_closed)
+    with pytest.raises(ConnectionError):
+        await OffsetsReader("127.0.0.1:1", timeout_s=1).start()
+    assert sorted(closed) == ["admin", "consumer"]
