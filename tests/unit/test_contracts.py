@@ -1,0 +1,181 @@
+"""Contracts with Faust, mode and aiokafka internals that Atlas leans on.
+
+Atlas pins faust-streaming, mode-streaming and aiokafka to exact versions (pyproject.toml):
+the commit-safe transport (`streams.kafka`), table routing (`web.reads`), the event context
+(`streams.context`), the lag reader and the relay reach private attributes of theirs. Each such
+attribute is named here with the shape the code expects, so that an upgrade that moves one
+fails in the unit tier, loudly, instead of in a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import tomllib
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
+from aiokafka.producer.sender import SendProduceReqHandler
+from aiokafka.protocol.metadata import MetadataRequest
+from faust.app.router import Router
+from faust.assignor.partition_assignor import PartitionAssignor
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import Message
+
+from streams.app import AtlasApp, create_app
+from streams.kafka import SafeConsumer, SafeProducer
+from streams.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PINNED = ("faust-streaming", "mode-streaming", "aiokafka")
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> AtlasApp:
+    settings = Settings(
+        _env_file=None,
+        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
+        table_store="memory://",
+        data_dir=tmp_path,
+    )
+    return create_app(settings)
+
+
+def pins() -> dict[str, str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    found = {}
+    for requirement in project["dependencies"]:
+        name, sep, wanted = requirement.partition("==")
+        if sep:
+            found[name.strip()] = wanted.strip()
+    return found
+
+
+@pytest.mark.parametrize("package", PINNED)
+def test_the_internals_we_rely_on_are_pinned_to_exact_versions(package: str) -> None:
+    pinned = pins().get(package)
+    assert pinned is not None, f"{package} must be pinned exactly (==) in pyproject.toml"
+    assert version(package) == pinned, (
+        f"{package} {version(package)} is installed, the contracts below were checked against "
+        f"{pinned}: re-run them against the new version before moving the pin"
+    )
+
+
+def signature_of(fn: Any) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+# ---- faust: the consumer's commit bookkeeping (streams.kafka.SafeConsumer) ----
+
+
+def test_faust_consumer_bookkeeping(app: AtlasApp) -> None:
+    consumer = app.consumer
+    assert isinstance(consumer, SafeConsumer)
+    assert isinstance(consumer._acked, dict)  # TP -> sorted list of acked offsets
+    assert isinstance(consumer._committed_offset, dict)  # TP -> last committed offset
+    assert isinstance(consumer._gap, dict)  # TP -> IntervalTree of compacted-away offsets
+    assert hasattr(consumer._unacked_messages, "add")  # a WeakSet of Message
+    assert isinstance(app.consumer_generation_id, int)
+    assert signature_of(faust_consumer.Consumer._new_offset) == ["self", "tp"]
+    assert signature_of(faust_aiokafka.Consumer._commit) == ["self", "offsets"]
+    assert inspect.iscoroutinefunction(faust_consumer.Consumer.perform_seek)
+    # The commit path awaits app.producer.flush() before committing (the commit gate).
+    assert "self.app.producer.flush()" in inspect.getsource(faust_consumer.Consumer._commit_offsets)
+    fields = signature_of(Message.__init__)
+    for name in ("topic", "partition", "offset", "generation_id"):
+        assert name in fields
+
+
+def test_faust_transport_registry() -> None:
+    assert isinstance(TRANSPORTS.aliases, dict)
+    assert "kafka" in TRANSPORTS.aliases
+
+
+# ---- faust: the producer (streams.kafka.SafeProducer) ----
+
+
+def test_faust_producer_hooks(app: AtlasApp) -> None:
+    producer = app.producer
+    assert isinstance(producer, SafeProducer)
+    assert producer._producer is None  # set by on_start to the AIOKafkaProducer
+    assert callable(producer._ensure_producer)
+    assert signature_of(faust_aiokafka.Producer._settings_extra) == ["self"]
+    assert signature_of(faust_aiokafka.Producer._new_producer) == ["self", "transactional_id"]
+    assert producer.request_timeout == app.settings.kafka_delivery_timeout_s
+    assert signature_of(faust_aiokafka.Producer.send_soon) == ["self", "fut"]
+    # The table router hashes a key on the producer's metadata.
+    assert "producer._partition(" in inspect.getsource(faust_aiokafka.Producer.key_partition)
+
+
+# ---- faust: table routing (web.reads) and the event context (streams.context) ----
+
+
+def test_faust_router_and_assignor() -> None:
+    assert signature_of(Router.route_req) == ["self", "table_name", "key", "web", "request"]
+    assert "self.app.producer.key_partition" in inspect.getsource(PartitionAssignor.key_store)
+    assert "_tps_url" in inspect.getsource(PartitionAssignor.key_store)
+
+
+def test_faust_current_event_is_a_context_variable() -> None:
+    from faust import streams
+
+    assert isinstance(streams._current_event, contextvars.ContextVar)
+
+
+# ---- aiokafka: producer, accumulator, client ----
+
+
+async def test_aiokafka_producer_internals() -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers="127.0.0.1:1", enable_idempotence=True, request_timeout_ms=7000
+    )
+    try:
+        assert producer._txn_manager is not None  # idempotent: batches never expire on a retry
+        assert producer._request_timeout_ms == 7000
+        accumulator = producer._message_accumulator
+        assert isinstance(accumulator, MessageAccumulator)
+        assert accumulator._batch_ttl == 7.0
+        assert isinstance(accumulator._batches, dict)
+        assert hasattr(accumulator, "_pending_batches") and callable(accumulator.fail_all)
+        assert isinstance(producer.client, AIOKafkaClient)
+        assert isinstance(producer.client.cluster, ClusterMetadata)
+        assert callable(producer.create_batch) and callable(producer.send_batch)
+    finally:
+        await producer.stop()
+    assert "_drain_waiter" in inspect.getsource(MessageBatch.__init__)
+    # Only a producer without a transaction manager expires a batch Kafka refused retriably.
+    retry_rule = inspect.getsource(SendProduceReqHandler._can_retry)
+    assert "self._sender._txn_manager is None and batch.expired()" in retry_rule
+
+
+def test_aiokafka_client_metadata_api() -> None:
+    for name in ("add_topic", "set_topics", "force_metadata_update", "get_random_node", "send"):
+        assert callable(getattr(AIOKafkaClient, name))
+    for name in ("partitions_for_topic", "available_partitions_for_topic"):
+        assert callable(getattr(ClusterMetadata, name))
+    request = MetadataRequest(["a"], allow_auto_topic_creation=False)
+    assert request._topics == ["a"]
+    assert request._allow_auto_topic_creation is False
+
+
+async def test_aiokafka_clients_expose_their_client() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:1")
+    try:
+        assert isinstance(consumer._client, AIOKafkaClient)
+        assert isinstance(admin._client, AIOKafkaClient)
+    finally:
+        await consumer.stop()
+        await admin.close()
+        await asyncio.sleep(0)
