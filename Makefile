@@ -76,9 +76,18 @@ test-integration: venv dev-up ## Integration tests on the real stack
 test-cov: venv dev-up ## Every tier with a coverage report
 	$(PYTEST) --cov=streams --cov=tables --cov=web --cov-report=term-missing tests
 
-bench-streams: venv dev-up migrate ## Payments throughput: Atlas vs raw aiokafka vs Quix Streams (ARGS="--events 20000")
+# Quix Streams, the streams benchmark's peer, in a virtualenv of its own (its pins are not ours).
+QUIX_VENV := .local/bench-quix
+QUIX_VERSION := 3.28.1
+$(QUIX_VENV)/.installed-$(QUIX_VERSION):
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/pip install --quiet 'quixstreams==$(QUIX_VERSION)' orjson
+	touch $@
+
+bench-streams: venv dev-up migrate $(QUIX_VENV)/.installed-$(QUIX_VERSION) ## Payments throughput: Atlas vs raw aiokafka vs Quix Streams (ARGS="--events 20000")
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m tests.bench.bench_streams $(ARGS)
+	$(BIN)/python -m tests.bench.bench_streams --quix-python $(QUIX_VENV)/bin/python $(ARGS)
 
 bench-http: venv dev-up ## HTTP writes under wrk: Atlas vs bare aiohttp vs FastAPI (ARGS="--duration 5")
 	$(BIN)/pip install --quiet -e '.[bench]'

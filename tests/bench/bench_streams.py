@@ -29,6 +29,7 @@ import os
 import platform
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -170,11 +171,12 @@ async def run_subprocess_variant(
     deadline: Deadline,
     timeout_s: float,
     extra_argv: list[str],
+    python: str = sys.executable,
 ) -> tuple[Row, VariantResult, Measured]:
     limit = deadline.bound(timeout_s)
     result_path = run_dir / f"{name}.result.json"
     argv = [
-        sys.executable,
+        python,
         "-m",
         module,
         "--bootstrap",
@@ -319,14 +321,35 @@ def ratios(rows: list[Row]) -> dict[str, float | None]:
     return out
 
 
-def _versions() -> dict[str, str]:
+def _versions(quix_python: str) -> dict[str, str]:
     found = {"python": platform.python_version(), "cpus": str(os.cpu_count())}
-    for dist in ("faust-streaming", "aiokafka", "quixstreams", "confluent-kafka", "rocksdict"):
+    for dist in ("faust-streaming", "aiokafka", "rocksdict"):
         try:
             found[dist] = version(dist)
         except PackageNotFoundError:
             found[dist] = "absent"
+    # Quix Streams and its confluent-kafka live in the interpreter the quix variant runs on.
+    asked = subprocess.run(
+        [quix_python, "-c", _PEER_VERSIONS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for line in asked.stdout.splitlines():
+        dist, _, found_version = line.partition(" ")
+        found[dist] = found_version
     return found
+
+
+_PEER_VERSIONS = """
+from importlib.metadata import version
+for dist in ("quixstreams", "confluent-kafka"):
+    try:
+        print(dist, version(dist))
+    except Exception:
+        print(dist, "absent")
+"""
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -342,7 +365,7 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
         "run_id": run_id,
         "started_at": stamp,
         "args": vars(args),
-        "versions": _versions(),
+        "versions": _versions(args.quix_python),
         "run_dir": str(run_dir),
         "notes": NOTES,
     }
@@ -464,6 +487,7 @@ async def _bench(
                     deadline=deadline,
                     timeout_s=args.variant_timeout,
                     extra_argv=extra_argv,
+                    python=args.quix_python if variant == "quix" else sys.executable,
                 )
                 (judge_raw if variant == "raw" else judge_dedup)(row, result, workload)
         except BenchTimeout as exc:
@@ -515,6 +539,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "commands and the payments in one backlog",
     )
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="a loopback broker only")
+    p.add_argument(
+        "--quix-python",
+        default=sys.executable,
+        help="the interpreter of Quix Streams' own virtualenv (make bench-streams builds one)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", action="store_true", help="keep the run's topics and state folders")
     args = p.parse_args(argv)
