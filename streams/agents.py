@@ -8,19 +8,23 @@ same batch again, with exponential backoff and full jitter, for at most the deli
 dedup marks make a re-run re-send the effects of what the first run applied, never apply it
 twice. Any other error, or one that outlives the delivery timeout, stops the worker without
 committing the batch it did not finish, which is read again after restart.
+
+Before every attempt the worker checks that it still surely owns the batch's partitions
+(`streams.membership`): a fenced batch is abandoned, neither applied nor acked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import backoff
 import faust
 
-from streams.kafka import retriable
+from streams.kafka import SafeConsumer, retriable
 from streams.ledger import LedgerProcessor
 from streams.logs import get_logger
+from streams.membership import Fenced, Membership
 from streams.resilience import RETRIES
 from streams.settings import Settings
 from streams.topics import Topics
@@ -38,15 +42,24 @@ def install_agents(
     topics: Topics,
     ledger: LedgerProcessor,
     transfers: TransfersProcessor,
+    membership: Membership,
 ) -> tuple[Any, Any]:
     batch, within = settings.batch_max, settings.batch_within_s
     again = retrying_kafka(settings.kafka_delivery_timeout_s)
 
-    async def run(name: str, stream: Any, process: Any) -> None:
+    async def run(name: str, stream: Any, process: Process) -> None:
+        async def attempt(events: list[Any]) -> None:
+            await membership.hold(events)  # every attempt, a retry's too: never when fenced
+            await process(events)
+
         async for events in stream.take_events(batch, within=within):
             try:
                 with consuming(name, events):  # spans per event only while tracing is on
-                    await again(process, events)
+                    await again(attempt, events)
+            except Fenced as exc:
+                # Neither applied nor acked: the partitions' owner reads the batch again.
+                cast(SafeConsumer, app.consumer).release(e.message for e in events)
+                log.warning("batch abandoned: this worker was fenced", agent=name, reason=str(exc))
             except Exception as exc:
                 # Faust acks a batch even when its body raises (take_events acks in a finally):
                 # refuse every later commit first, so the batch is read again after restart.

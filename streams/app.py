@@ -25,6 +25,7 @@ from streams.lag import LagMonitor
 from streams.ledger import LedgerProcessor
 from streams.logs import logging_config, reset_root_level
 from streams.loop_lag import LoopLagProbe
+from streams.membership import Membership
 from streams.relay import OutboxRelay
 from streams.resources import Resources
 from streams.settings import Settings, get_settings
@@ -34,7 +35,7 @@ from streams.transfers import TransfersProcessor
 from tables.errors import DependencyUnavailable
 from tables.ledger import Limits
 from tables.messages import Position
-from tables.store import define_tables
+from tables.store import LedgerTable, define_tables
 from web import server
 from web.auth import CLIENT, ClientStore, auth_middleware
 from web.checks import dependency_checks
@@ -103,7 +104,17 @@ class AtlasApp(faust.App):
             settings.census_interval_s,
             beacon=self.beacon,
         )
-        install_agents(self, settings, self.topics_, self.ledger, self.transfers)
+        self.membership = Membership(
+            self._group_coordinator,
+            lambda: self.consumer_generation_id,
+            settings.kafka_session_timeout_s,
+        )
+        install_agents(self, settings, self.topics_, self.ledger, self.transfers, self.membership)
+
+    def _group_coordinator(self) -> Any:
+        """aiokafka's group coordinator under Faust's consumer thread, once it exists."""
+        thread = getattr(self.consumer, "_thread", None)
+        return getattr(getattr(thread, "_consumer", None), "_coordinator", None)
 
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()
@@ -235,6 +246,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "autodiscover": False,
         "datadir": str(settings.worker_data_dir),
         "store": settings.table_store,
+        "Table": LedgerTable,  # replays partitions not held without a break (tables.store)
         "table_standby_replicas": 0,
         "producer_linger": settings.producer_linger_s,
         # aiokafka bounds a record's whole delivery (its batch's life) by its request timeout.

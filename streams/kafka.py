@@ -49,6 +49,7 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.futures import notify
 
 from streams.metrics import MESSAGES_PRODUCED
 
@@ -253,6 +254,30 @@ class SafeConsumer(faust_aiokafka.Consumer):
         super().__post_init__()
         self.committed: dict[TP, int] = {}
         self._stalled_since: dict[TP, float] = {}
+
+    def ack(self, message: Any) -> bool:
+        """Faust's ack, except for a message of an older generation: that one is released.
+
+        Its partition was reassigned since it was delivered, and the partition's owner reads
+        it again from the committed offset; recording its offset here could let a commit of
+        this generation pass it without anyone having applied it.
+        """
+        if message.generation_id != self.app.consumer_generation_id:
+            self.release([message])
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
+    def release(self, messages: Iterable[Any]) -> None:
+        """Let go of messages that will not be applied here, without acking their offsets.
+
+        Marked done so that a rebalance's `wait_empty` stops waiting for them and a later ack
+        of theirs records nothing; their offsets stay uncommitted.
+        """
+        for message in messages:
+            message.acked = True
+            self._unacked_messages.discard(message)
+        notify(self._waiting_for_ack)
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for `tp`: never past an offset that was not acked.

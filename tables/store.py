@@ -8,14 +8,24 @@
 
 Every table is partitioned like the topic that writes it, so a key's state lives with the
 partition its messages arrive on.
+
+A worker's local store (RocksDB) is a cache of the changelog that Faust catches up from the
+offset it last persisted. That is only sound while this worker held the partition without a
+break: a worker that the group coordinator expired (a broker restart, a long pause) may have
+gone on writing the changelog beside the partition's new owner, and its persisted offset then
+runs past records it never applied. `LedgerTable` replays such a partition's changelog in full.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
+
+log = logging.getLogger(__name__)
 
 # RocksDB sizes per partition database (Faust's defaults are 64 MiB write buffers, three of
 # them, and a 2 GiB block cache, for each of tables x partitions databases: hundreds of MB of
@@ -25,6 +35,34 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "block_cache_size": 8 * 1024**2,
 }
+
+
+class LedgerTable(faust.Table[bytes, Any]):
+    """A table that trusts its local store only for partitions held without a break.
+
+    Faust asks every assigned changelog partition's persisted offset once per rebalance
+    (`Recovery.on_rebalance`), and catches up from there. A partition held in the previous
+    generation too (generation ids go up by one per rebalance of the group, and a member sees
+    every one it takes part in) keeps that offset; one held last in an older generation, while
+    others owned it or this worker was out of the group, is replayed from the beginning. The
+    first assignment of a process trusts the store, as Faust does.
+    """
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        generation: int = self.app.consumer_generation_id
+        held: dict[TP, int] = self.__dict__.setdefault("_held_in", {})
+        previous = held.get(tp)
+        held[tp] = generation
+        offset: int | None = super().persisted_offset(tp)
+        if offset is None or previous is None or generation - previous <= 1:
+            return offset
+        log.warning(
+            "%s was last held in generation %s, this is %s: replaying its changelog in full",
+            tp,
+            previous,
+            generation,
+        )
+        return None
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,36 @@ async def test_aiokafka_clients_expose_their_client() -> None:
         await consumer.stop()
         await admin.close()
         await asyncio.sleep(0)
+
+
+# ---- fencing (streams.membership) and partition replay (tables.store.LedgerTable) ----
+
+
+def test_aiokafka_group_coordinator_internals() -> None:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert signature_of(GroupCoordinator._do_heartbeat) == ["self"]
+    routine = inspect.getsource(GroupCoordinator._heartbeat_routine)
+    assert "await self._do_heartbeat()" in routine  # looked up on the instance each time
+    assert "self.generation = " in inspect.getsource(GroupCoordinator.reset_generation)
+    assert "self._coordinator = GroupCoordinator(" in inspect.getsource(AIOKafkaConsumer.start)
+
+
+def test_faust_consumer_thread_holds_the_aiokafka_consumer(app: AtlasApp) -> None:
+    assert "self._thread = " in inspect.getsource(faust_consumer.ThreadDelegateConsumer.__init__)
+    assert "self._consumer = " in inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread.on_start)
+    assert app._group_coordinator() is None  # not started: no group yet
+
+
+def test_faust_ack_bookkeeping_for_release(app: AtlasApp) -> None:
+    consumer = app.consumer
+    assert hasattr(consumer, "_waiting_for_ack")
+    assert "if not message.acked:" in inspect.getsource(faust_consumer.Consumer.ack)
+    assert "if not self.acked:" in inspect.getsource(Message.ack)
+
+
+def test_faust_recovery_asks_each_partitions_persisted_offset(app: AtlasApp) -> None:
+    from faust.tables.recovery import Recovery
+
+    assert "table.persisted_offset(tp)" in inspect.getsource(Recovery._add)
+    assert app.conf.Table.__name__ == "LedgerTable"

@@ -34,12 +34,14 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 from faust.exceptions import ProducerSendError
+from faust.types import TP
 
 from streams.agents import retrying_kafka
 from streams.app import AtlasApp, create_app
 from streams.kafka import SafeProducer, retriable
 from streams.kafka_metadata import unready
 from streams.settings import Settings
+from tables.store import LedgerTable
 from web.reads import TableReads
 
 
@@ -374,3 +376,36 @@ async def test_an_owners_503_keeps_its_retry_after(app: AtlasApp) -> None:
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
     assert response.content_type == "application/problem+json"
+
+
+# ---- a partition not held without a break is replayed in full ---------------------------------
+
+
+def test_a_partition_held_without_a_break_keeps_its_persisted_offset(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = app.ledger_tables.accounts
+    assert isinstance(table, LedgerTable)
+    tp = TP(table.changelog_topic.get_topic_name(), 3)
+    monkeypatch.setattr(table.data, "persisted_offset", lambda _: 41)
+
+    def at(generation: int) -> int | None:
+        app.consumer_generation_id = generation
+        offset: int | None = table.persisted_offset(tp)
+        return offset
+
+    assert at(1) == 41, "a process's first assignment trusts its store"
+    assert at(2) == 41, "held in the generation before"
+    assert at(2) == 41, "asked twice in one rebalance"
+    assert at(5) is None, "out of the group (or the partition elsewhere) in 3 and 4: replay"
+    assert at(6) == 41, "held again from 5 on"
+
+
+def test_a_partition_without_a_persisted_offset_is_read_from_the_beginning_anyway(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = app.ledger_tables.accounts
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
+    monkeypatch.setattr(table.data, "persisted_offset", lambda _: None)
+    app.consumer_generation_id = 7
+    assert table.persisted_offset(tp) is None
