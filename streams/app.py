@@ -153,15 +153,20 @@ class AtlasApp(faust.App):
         return len(names)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
-        # Started with the producer and consumer, stopped with them.
+        # Started in this order with the producer and consumer, stopped in reverse.
+        faust_services = list(super().on_init_dependencies())
+        # The topics are created right after the producer starts, before the consumer joins
+        # its group: a first assignment made while a topic was missing leaves it out until a
+        # later rebalance (on a brand-new cluster, seconds after the worker said it was ready).
+        after_producer = faust_services.index(self.producer) + 1
+        faust_services.insert(after_producer, TopicDeclarer(self.topics_, beacon=self.beacon))
         return [
-            *super().on_init_dependencies(),
+            *faust_services,
             self.resources,
             self.backlog,
             self.lag_monitor,
             self.census,
             LoopLagProbe(beacon=self.beacon),
-            TopicDeclarer(self.topics_, beacon=self.beacon),
             self.relay,  # last: it stops first
         ]
 

@@ -506,6 +506,15 @@ async def test_the_worker_declares_every_topic_when_it_starts(ledger: Harness) -
     assert {"atlas.payments.v1", "atlas.outcomes.v1", "atlas.dlq.v1"} <= names
 
 
+def test_topics_are_declared_after_the_producer_starts_and_before_the_consumer(
+    ledger: Harness,
+) -> None:
+    app = ledger.app
+    services = list(app.on_init_dependencies())
+    declarer = next(i for i, s in enumerate(services) if isinstance(s, TopicDeclarer))
+    assert services.index(app.producer) < declarer < services.index(app.consumer)
+
+
 async def test_a_failed_batch_is_never_committed(
     tmp_path: Path, recorder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
