@@ -13,7 +13,6 @@ import asyncio
 import contextvars
 import inspect
 import tomllib
-import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -33,23 +32,11 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
 
-from streams.app import AtlasApp, create_app
+from streams.app import AtlasApp
 from streams.kafka import SafeConsumer, SafeProducer
-from streams.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PINNED = ("faust-streaming", "mode-streaming", "aiokafka")
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AtlasApp:
-    settings = Settings(
-        _env_file=None,
-        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
-        table_store="memory://",
-        data_dir=tmp_path,
-    )
-    return create_app(settings)
 
 
 def pins() -> dict[str, str]:

@@ -10,9 +10,7 @@ this generation that is still in flight.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -22,22 +20,10 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.app import AtlasApp, create_app
+from streams.app import AtlasApp
 from streams.kafka import SafeConsumer, SafeProducer
-from streams.settings import Settings
 
 TOPIC_PARTITION = TP("atlas.payments.v1", 0)
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AtlasApp:
-    settings = Settings(
-        _env_file=None,
-        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
-        table_store="memory://",
-        data_dir=tmp_path,
-    )
-    return create_app(settings)
 
 
 class Broker:

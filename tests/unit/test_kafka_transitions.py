@@ -7,7 +7,6 @@ attributes it leans on, so that an upgrade that moves them fails here.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,25 +36,12 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from streams.agents import retrying_kafka
-from streams.app import AtlasApp, create_app
+from streams.app import AtlasApp
 from streams.kafka import SafeProducer, retriable
 from streams.kafka_metadata import unready
-from streams.settings import Settings
 from tables.store import LedgerTable
+from tests.unit.conftest import unit_app
 from web.reads import TableReads
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AtlasApp:
-    settings = Settings(
-        _env_file=None,
-        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
-        table_store="memory://",
-        data_dir=tmp_path,
-        kafka_delivery_timeout_s=90,
-    )
-    return create_app(settings)
-
 
 # ---- which errors are which ------------------------------------------------------------------
 
@@ -142,9 +128,9 @@ async def test_retries_end_with_the_delivery_timeout() -> None:
 
 
 async def test_the_producer_is_idempotent_and_its_batches_live_for_the_delivery_timeout(
-    app: AtlasApp,
+    tmp_path: Path,
 ) -> None:
-    producer = app.producer
+    producer = unit_app(tmp_path, kafka_delivery_timeout_s=90).producer
     assert isinstance(producer, SafeProducer)
     client = producer._new_producer()  # what Faust starts (not connected here)
     try:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from streams.agents import retrying_kafka
-from streams.app import AtlasApp, create_app
+from streams.app import AtlasApp
 from streams.kafka import SafeConsumer
 from streams.membership import Fenced, Membership
-from streams.settings import Settings
 
 
 class Coordinator:
@@ -114,17 +111,6 @@ async def test_a_fenced_batch_is_not_retried() -> None:
 
 
 # ---- SafeConsumer: stale and released messages record no offset ---------------------------------
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AtlasApp:
-    settings = Settings(
-        _env_file=None,
-        app_name=f"atlas-unit-{uuid.uuid4().hex[:8]}",
-        table_store="memory://",
-        data_dir=tmp_path,
-    )
-    return create_app(settings)
 
 
 def message(app: AtlasApp, offset: int, generation: int) -> Any:
