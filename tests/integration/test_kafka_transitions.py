@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -33,6 +34,7 @@ from tests.integration.workload import (
     Message,
     Namespace,
     final_balances,
+    payment,
     produce,
     transfer_finals,
 )
@@ -125,16 +127,7 @@ def test_a_brand_new_cluster_serves_its_first_users_without_a_5xx(
 
         list(pool.map(lambda a: read_until(a, lambda r: r.status == 200), ids))
         deposits = [
-            json.dumps(
-                {
-                    "event_id": f"dep-{account_id}",
-                    "type": "deposit",
-                    "account_id": account_id,
-                    "amount": 100 + i,
-                    "currency": "EUR",
-                    "occurred_at": "2026-12-03T10:00:00Z",
-                }
-            )
+            json.dumps(payment(f"dep-{account_id}", "deposit", account_id, 100 + i))
             for i, account_id in enumerate(ids)
         ]
         kcat_produce(
@@ -221,7 +214,7 @@ class Traffic:
                     account = self.rng.choice(self.accounts)
                     self.deposits[event_id] = (account, self.rng.randint(1, 100))
                 account, amount = self.deposits[event_id]
-                body = json.dumps(deposit(event_id, account, amount)).encode()
+                body = orjson.dumps(payment(event_id, "deposit", account, amount))
                 pending.append(await producer.send(self.topic, body, key=account.encode()))
                 self.sent += 1
                 await asyncio.sleep(0.02)
@@ -275,17 +268,6 @@ class Traffic:
         return {i for t, i, s in list(self.ready) if start <= t <= end and s == 503}
 
 
-def deposit(event_id: str, account_id: str, amount: int) -> dict[str, object]:
-    return {
-        "event_id": event_id,
-        "type": "deposit",
-        "account_id": account_id,
-        "amount": amount,
-        "currency": "EUR",
-        "occurred_at": "2026-12-03T10:00:00Z",
-    }
-
-
 FUNDS = 1_000_000
 
 
@@ -328,7 +310,7 @@ def test_a_broker_restart_under_load_is_survived_and_every_effect_lands_once(
     for i, account_id in enumerate(accounts):
         assert clients[i % 2].open_account(account_id).status == 202
     funding = [
-        Message(names.PAYMENTS, a.encode(), json.dumps(deposit(f"fund-{a}", a, FUNDS)).encode())
+        Message(names.PAYMENTS, a.encode(), orjson.dumps(payment(f"fund-{a}", "deposit", a, FUNDS)))
         for a in accounts
     ]
     wait_until(

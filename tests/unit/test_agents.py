@@ -39,6 +39,7 @@ from unittest import mock
 import faust
 import orjson
 import pytest
+from aiokafka.errors import NotLeaderForPartitionError
 from faust.exceptions import ProducerSendError
 from faust.types.tuples import Message
 
@@ -539,6 +540,28 @@ async def test_a_failed_batch_is_never_committed(
     assert h.outcomes() == []
     with pytest.raises(ProducerSendError):
         await app.producer.flush()
+
+
+async def test_a_batch_run_again_after_a_leader_election_applies_once(ledger: Harness) -> None:
+    """streams/agents.py: the effects' send meets NotLeaderForPartition once, after the state
+    write; the batch runs again, and its deposit is applied once, its outcome sent once."""
+    t = ledger.topics
+    await ledger.run((t.commands, b"acc-1", open_account()))
+    send_many = SafeProducer.send_many
+    recorded = send_many.side_effect  # type: ignore[attr-defined]
+    failures = [NotLeaderForPartitionError()]
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await recorded(*args, **kwargs)
+
+    send_many.side_effect = flaky  # type: ignore[attr-defined]
+    await ledger.run((t.payments, b"acc-1", payment("e1", amount=100)))
+    account = ledger.account("acc-1")
+    assert account is not None and account.balance == 100
+    assert [(o["event_id"], o["status"]) for o in ledger.outcomes()] == [("e1", "applied")]
+    assert not failures and ledger.agent.crash_reason is None
 
 
 # ---- the transfers agent ---------------------------------------------------------------------
