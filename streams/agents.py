@@ -1,7 +1,9 @@
 """The agents: thin shells that hand batches to the processors.
 
-Concurrency is 1 so a partition's batches run in order. An exception that escapes a processor is
-a bug or a lost dependency, never bad input (that goes to the dead-letter topic).
+An event is one partition's records of one fetch (`streams.batches`), in time order across the
+ledger's inputs; it is acked once its batch is done. Concurrency is 1 so batches run in order.
+An exception that escapes a processor is a bug or a lost dependency, never bad input (that goes
+to the dead-letter topic).
 
 A retriable Kafka error (a leader election, a broker restart: `streams.kafka.retriable`) runs the
 same batch again, with exponential backoff and full jitter, for at most the delivery timeout: the
@@ -15,12 +17,13 @@ Before every attempt the worker checks that it still surely owns the batch's par
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import backoff
 import faust
 
+from streams.batches import records_of
 from streams.kafka import SafeConsumer, retriable
 from streams.ledger import LedgerProcessor
 from streams.logs import get_logger
@@ -33,7 +36,7 @@ from streams.transfers import TransfersProcessor
 
 log = get_logger(__name__)
 
-Process = Callable[[list[Any]], Awaitable[None]]
+Process = Callable[[Sequence[Any]], Awaitable[None]]
 
 
 def install_agents(
@@ -44,31 +47,33 @@ def install_agents(
     transfers: TransfersProcessor,
     membership: Membership,
 ) -> tuple[Any, Any]:
-    batch, within = settings.batch_max, settings.batch_within_s
     again = retrying_kafka(settings.kafka_delivery_timeout_s)
 
     async def run(name: str, stream: Any, process: Process) -> None:
-        async def attempt(events: list[Any]) -> None:
-            await membership.hold(events)  # every attempt, a retry's too: never when fenced
-            await process(events)
+        async def attempt(batch: Sequence[Any], event: Any) -> None:
+            await membership.hold([event])  # every attempt, a retry's too: never when fenced
+            await process(batch)
 
-        async for events in stream.take_events(batch, within=within):
+        # Acked here, once the batch is done (a batch's ack covers its every offset).
+        async for event in stream.noack().events():
+            batch = records_of(event)
             try:
-                with consuming(name, events):  # spans per event only while tracing is on
-                    await again(attempt, events)
+                with consuming(name, batch):  # spans per record only while tracing is on
+                    await again(attempt, batch, event)
             except Fenced as exc:
-                # Neither applied nor acked: the partitions' owner reads the batch again.
-                cast(SafeConsumer, app.consumer).release(e.message for e in events)
+                # Neither applied nor acked: the partition's owner reads the batch again.
+                cast(SafeConsumer, app.consumer).release([event.message])
                 log.warning("batch abandoned: this worker was fenced", agent=name, reason=str(exc))
+                continue
             except Exception as exc:
-                # Faust acks a batch even when its body raises (take_events acks in a finally):
-                # refuse every later commit first, so the batch is read again after restart.
+                # Refuse every later commit first, so the batch is read again after restart.
                 fail = getattr(app.producer, "fail", None)
                 if fail is not None:
                     fail(exc)
                 log.exception("batch failed; stopping the worker so it is read again", agent=name)
                 await app.crash(exc)
                 raise
+            await stream.ack(event)
 
     @app.agent(topics.account_inputs, name="ledger", concurrency=1)
     async def ledger_agent(stream: Any) -> None:
@@ -83,7 +88,7 @@ def install_agents(
 
 def retrying_kafka(
     max_time_s: float, first_delay_s: float = 0.1, max_delay_s: float = 5.0
-) -> Callable[[Process, list[Any]], Awaitable[None]]:
+) -> Callable[..., Awaitable[None]]:
     """Run a batch, again while it fails with a retriable Kafka error, for up to `max_time_s`."""
 
     def on_backoff(details: Any) -> None:
@@ -106,7 +111,7 @@ def retrying_kafka(
         on_backoff=on_backoff,
         logger=None,
     )
-    async def attempt(process: Process, events: list[Any]) -> None:
-        await process(events)
+    async def attempt(run: Callable[..., Awaitable[None]], *args: Any) -> None:
+        await run(*args)
 
     return attempt

@@ -116,6 +116,10 @@ class AtlasApp(faust.App):
         thread = getattr(self.consumer, "_thread", None)
         return getattr(getattr(thread, "_consumer", None), "_coordinator", None)
 
+    def input_groups(self) -> list[tuple[str, ...]]:
+        """The co-partitioned inputs the consumer batches and time-orders (streams.batches)."""
+        return self.topics_.input_groups()
+
     def on_rebalance_start(self) -> None:
         super().on_rebalance_start()
         # Recovery may rewrite the tables under the ledger's cache of decoded records.
@@ -254,6 +258,10 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "Table": LedgerTable,  # replays partitions not held without a break (tables.store)
         "table_standby_replicas": 0,
         "producer_linger": settings.producer_linger_s,
+        # A batch's outputs and changelog records go to aiokafka in bulk, and aiokafka queues
+        # one open batch per partition: with Kafka's 16 KiB default a batch's sends wait on
+        # each other's drain. A record batch stays under the broker's 1 MiB message limit.
+        "producer_max_batch_size": 512 * 1024,
         # aiokafka bounds a record's whole delivery (its batch's life) by its request timeout.
         "producer_request_timeout": settings.kafka_delivery_timeout_s,
         "stream_wait_empty": True,

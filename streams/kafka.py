@@ -41,7 +41,8 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, cast
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -49,8 +50,10 @@ from faust.exceptions import ProducerSendError
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
+from streams.batches import BatchMessage, BatchScheduler, RecordBatch
 from streams.metrics import MESSAGES_PRODUCED
 
 SCHEME = "atlas-kafka"
@@ -170,38 +173,56 @@ class SafeProducer(faust_aiokafka.Producer):
         return len(self._unresolved)
 
     async def send_many(
-        self, topic: str, records: Sequence[Record], partitions: int | None = None
+        self,
+        topic: str,
+        records: Sequence[Record],
+        partitions: int | None = None,
+        *,
+        partition: int | None = None,
+        on_delivered: Callable[[int], None] | None = None,
     ) -> None:
-        """Hand records straight to aiokafka, one batch per partition (the key's murmur2).
+        """Hand records straight to aiokafka, one batch per partition.
 
-        The bulk path for a batch's outputs: Faust's per-record send path (a buffer, a future
-        and a callback chain per record) is most of the cost of an output record. Each batch
-        is tracked like any other send, so `flush` (and with it the commit) waits for it.
+        The bulk path for a batch's outputs and changelog records: Faust's per-record send
+        path (a buffer, a future and a callback chain per record) is most of the cost of an
+        output record. Records go to `partition`, or to their key's murmur2 partition.
+        `on_delivered(offset)` is called with the offset of the last record once Kafka has
+        acknowledged them all (a partition's batches are acknowledged in order). Each batch is
+        tracked like any other send, so `flush` (and with it the commit) waits for it.
         """
         if not records:
             return
         producer = self._ensure_producer()
-        if partitions is None:
-            partitions = self._partition_counts.get(topic)
-            if partitions is None:
-                partitions = self._partition_counts[topic] = len(
-                    await producer.partitions_for(topic)
-                )
         MESSAGES_PRODUCED.labels(topic).inc(len(records))
-        by_partition: dict[int, list[Record]] = {}
-        for record in records:
-            by_partition.setdefault(partition_for(record[0], partitions), []).append(record)
-        for partition, items in by_partition.items():
+        by_partition: Mapping[int, Sequence[Record]]
+        if partition is not None:
+            by_partition = {partition: records}
+        else:
+            if partitions is None:
+                partitions = self._partition_counts.get(topic)
+                if partitions is None:
+                    partitions = self._partition_counts[topic] = len(
+                        await producer.partitions_for(topic)
+                    )
+            grouped: dict[int, list[Record]] = {}
+            for record in records:
+                grouped.setdefault(partition_for(record[0], partitions), []).append(record)
+            by_partition = grouped
+        for number, items in by_partition.items():
             batch = producer.create_batch()
             for key, value, headers in items:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers or []):
                     continue
-                await self._send_batch(producer, batch, topic, partition)
+                await self._send_batch(producer, batch, topic, number)
                 batch = producer.create_batch()  # takes its first record whatever its size
                 batch.append(key=key, value=value, timestamp=None, headers=headers or [])
-            await self._send_batch(producer, batch, topic, partition)
+            last = await self._send_batch(producer, batch, topic, number)
+            if on_delivered is not None:
+                last.add_done_callback(partial(_delivered, batch.record_count(), on_delivered))
 
-    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int) -> None:
+    async def _send_batch(
+        self, producer: Any, batch: Any, topic: str, partition: int
+    ) -> asyncio.Future[Any]:
         outstanding: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._track(outstanding)
         try:
@@ -211,6 +232,7 @@ class SafeProducer(faust_aiokafka.Producer):
                 outstanding.set_exception(exc)
             raise
         delivery.add_done_callback(lambda f: _settle(outstanding, f))
+        return cast("asyncio.Future[Any]", delivery)
 
     async def flush(self) -> None:
         # Everything handed over before this point belongs to events acked before the commit
@@ -231,6 +253,14 @@ class SafeProducer(faust_aiokafka.Producer):
 def _placeable(cluster: Any, topic: str) -> bool:
     partitions = cluster.partitions_for_topic(topic)
     return bool(partitions) and cluster.available_partitions_for_topic(topic) == partitions
+
+
+def _delivered(count: int, then: Callable[[int], None], delivery: asyncio.Future[Any]) -> None:
+    if delivery.cancelled() or delivery.exception() is not None:
+        return  # `flush` reports it
+    metadata = delivery.result()
+    if metadata is not None:
+        then(metadata.offset + count - 1)
 
 
 def _settle(outstanding: asyncio.Future[Any], delivery: asyncio.Future[Any]) -> None:
@@ -254,9 +284,64 @@ class SafeConsumer(faust_aiokafka.Consumer):
         super().__post_init__()
         self.committed: dict[TP, int] = {}
         self._stalled_since: dict[TP, float] = {}
+        # The batch runtime (streams.batches): the app names its co-partitioned input groups.
+        app = self.app
+        groups: list[tuple[str, ...]] = getattr(app, "input_groups", list)()
+        settings = getattr(app, "settings", None)
+        self.batches = BatchScheduler(
+            groups,
+            lag=self.fetch_lag,
+            assigned=self._assigned_now,
+            generation=lambda: int(app.consumer_generation_id),
+            idle_s=(settings.input_idle_ms if settings else 0) / 1000.0,
+            max_records=settings.batch_max if settings else 5000,
+        )
+        self.scheduler = self.batches  # type: ignore[assignment]  # Faust's scheduler hook
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        if type(record) is RecordBatch:
+            return BatchMessage(tp, record)
+        return super()._to_message(tp, record)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        """Faust's fetch loop, for batches too: a batch read moves the read offset to its end.
+
+        Faust's drain loop sets a partition's read offset to the offset of the message it
+        delivered, a batch's first; left there, the next batch would look like a gap in the
+        log. While a task waits for a lagging input, the fetch returns by its deadline.
+        """
+        hint = self.batches.wait_hint()
+        if hint is not None:
+            timeout = min(timeout, max(hint, 0.005))
+        read_offset = self._read_offset
+        async for tp, message in super().getmany(timeout):
+            yield tp, message
+            if type(message) is BatchMessage and read_offset.get(tp) == message.offset:
+                read_offset[tp] = message.last_offset
+
+    def fetch_lag(self, tp: TP) -> int | None:
+        """Records the broker has for `tp` past what was fetched; None until a fetch answers."""
+        try:
+            consumer = self._thread._ensure_consumer()
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except Exception:  # not started, or not assigned (any more)
+            return None
+        if state is None or state.highwater is None or not state.has_valid_position:
+            return None
+        return int(state.highwater - state.position)
+
+    def _assigned_now(self) -> set[TP]:
+        try:
+            return set(self.assignment())
+        except Exception:  # not started; or the assignment changed while it was read
+            return set()
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self.batches.forget([partition])  # buffered records are read again from `offset`
+        await super().seek(partition, offset)
 
     def ack(self, message: Any) -> bool:
-        """Faust's ack, except for a message of an older generation: that one is released.
+        """Faust's ack, for a batch's every offset; a message of an older generation is released.
 
         Its partition was reassigned since it was delivered, and the partition's owner reads
         it again from the committed offset; recording its offset here could let a commit of
@@ -265,8 +350,36 @@ class SafeConsumer(faust_aiokafka.Consumer):
         if message.generation_id != self.app.consumer_generation_id:
             self.release([message])
             return False
+        if type(message) is BatchMessage:
+            return self._ack_batch(message)
         acked: bool = super().ack(message)
         return acked
+
+    def _ack_batch(self, message: BatchMessage) -> bool:
+        """`Consumer.ack` for each record of the batch, as one step (under Faust's ack lock)."""
+        with ack_lock:
+            if message.acked:
+                return False
+            message.acked = True
+            tp = message.tp
+            if not self.app.topics.acks_enabled_for(message.topic):
+                return False
+            try:
+                committed = self._committed_offset[tp]
+                acked_index = self._acked_index[tp]
+                acked = self._acked[tp]
+                n = 0
+                for record in message.records:
+                    offset = record.offset
+                    if (committed is None or offset >= committed) and offset not in acked_index:
+                        acked_index.add(offset)
+                        acked.append(offset)
+                        n += 1
+                self._unacked_messages.discard(message)
+                self._n_acked += n
+                return n > 0
+            finally:
+                notify(self._waiting_for_ack)
 
     def release(self, messages: Iterable[Any]) -> None:
         """Let go of messages that will not be applied here, without acking their offsets.
@@ -346,6 +459,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
         return done
 
     async def perform_seek(self) -> None:
+        self.batches.forget()  # every partition is read again from its committed offset
         await super().perform_seek()
         # What the group committed before we got the partitions counts as committed too.
         for tp, offset in self._committed_offset.items():

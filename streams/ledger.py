@@ -1,25 +1,33 @@
 """The ledger agent: payments, account commands and transfer legs, one batch at a time.
 
-Per batch (the order correctness depends on):
-1. decode each message; undecodable or invalid ones go to the dead-letter topic, and one found
-   on a partition other than its key's murmur2 partition is re-published there, never applied;
-2. fold each account's messages into at most one new record (`tables.ledger.fold`): the dedup
-   marks ride in that record;
-3. write each changed record once, then send the effects (outcomes, legs, transfer events);
-4. return: the batch is acked, and the next commit waits until every record above is
+A batch is one input partition's records of one fetch, released in time order across the
+three co-partitioned inputs (`streams.batches`). Per batch (the order correctness depends on):
+1. decode each record (msgspec; pydantic only to word an error); undecodable or invalid ones
+   go to the dead-letter topic, and one found on a partition other than its key's murmur2
+   partition is re-published there, never applied;
+2. fold each account's messages into at most one new record (`tables.ledger.fold`), the dedup
+   marks inside it; archived marks are found through an index (`ArchiveIndex`), one look-up
+   per event however long the dedup horizon;
+3. **state**: each partition's changed records are written to its local store as one RocksDB
+   `WriteBatch` (`tables.store.PartitionStore`);
+4. **changelog and effects**: the same bytes go to the changelog partition as one send, and
+   the persisted offset is set once Kafka acknowledged them; then the outcomes, legs and
+   transfer events, in bulk;
+5. return: the batch is acked, and the next commit waits until every record above is
    acknowledged by Kafka (`streams.kafka.SafeProducer.flush`) before moving the offsets.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streams import wire
-from streams.context import current_event
 from streams.kafka import Record, partition_for
 from streams.logs import get_logger
 from streams.metrics import (
@@ -34,7 +42,7 @@ from streams.metrics import (
 )
 from streams.topics import Topics
 from streams.tracing import bound_event, carried
-from tables.ledger import Account, BatchResult, Limits, archive_key, fold
+from tables.ledger import Account, ArchiveIndex, BatchResult, Limits, archive_key, fold
 from tables.messages import (
     AccountMessage,
     AccountStatus,
@@ -49,9 +57,11 @@ from tables.messages import (
     TransferEvent,
     TransferStatus,
 )
-from tables.store import LedgerTables
+from tables.store import LedgerTables, PartitionStore
 
 log = get_logger(__name__)
+
+Writes = dict[int, list[tuple[bytes, bytes | None]]]  # partition -> (key, JSON value or None)
 
 
 @dataclass
@@ -62,21 +72,38 @@ class LedgerProcessor:
     partitions: int
     is_committed: Callable[[Position], bool]
     clock: Callable[[], float] = time.time
-    # Decoded records of the accounts this worker processes, as it last wrote or read them.
-    # The store changes under the cache only by changelog recovery, which happens only in a
-    # rebalance: `forget` is called when one starts (AtlasApp.on_rebalance_start).
-    # Archive segments are cached the same way (they are written once, rewritten unchanged
-    # while pending, and deleted when they expire).
+    # Decoded records of the accounts this worker processes, as it last wrote or read them, and
+    # the archive index. The store changes under them only by changelog recovery, which happens
+    # only in a rebalance: `forget` is called when one starts (AtlasApp.on_rebalance_start).
     cache_size: int = 100_000
     _cache: dict[str, Account] = field(default_factory=dict, init=False, repr=False)
-    _segments: dict[bytes, Any] = field(default_factory=dict, init=False, repr=False)
     _home: dict[bytes, int] = field(
         default_factory=dict, init=False, repr=False
     )  # key -> partition
+    _stores: tuple[PartitionStore, PartitionStore] | None = field(
+        default=None, init=False, repr=False
+    )
+    _index: ArchiveIndex = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = ArchiveIndex(self._segment, self.cache_size)
 
     def forget(self) -> None:
         self._cache.clear()
-        self._segments.clear()
+        self._index.forget()
+
+    def _segment(self, account_id: str, seq: int) -> Any:
+        _, archive = self._open()
+        key = archive_key(account_id, seq).encode()
+        return archive.get(partition_for(account_id.encode(), self.partitions), key)
+
+    def _open(self) -> tuple[PartitionStore, PartitionStore]:
+        if self._stores is None:
+            self._stores = (
+                PartitionStore(self.tables.accounts),
+                PartitionStore(self.tables.archive),
+            )
+        return self._stores
 
     def _decoder(self, topic: str) -> Callable[[bytes | None, bytes | None], AccountMessage]:
         return (
@@ -85,36 +112,65 @@ class LedgerProcessor:
             else wire.decode_command
         )
 
-    async def process(self, events: list[Any]) -> None:
+    async def process(self, records: Sequence[Any]) -> None:
+        if not records:
+            return
         started = time.perf_counter()
-        count_consumed(events)
+        count_consumed(records)
         by_account: dict[str, list[tuple[AccountMessage, Position, Any]]] = defaultdict(list)
-        for event in events:
-            message = event.message
-            position = Position(message.topic, message.partition, message.offset)
+        decoders: dict[str, Callable[[bytes | None, bytes | None], AccountMessage]] = {}
+        home, partitions = self._home, self.partitions
+        for record in records:
+            topic = record.topic
+            decode = decoders.get(topic)
+            if decode is None:
+                decode = decoders[topic] = self._decoder(topic)
             try:
-                msg = self._decoder(message.topic)(message.key, message.value)
+                msg = decode(record.key, record.value)
             except wire.BadMessage as bad:
-                self.dead_letter(event, bad)
+                self.dead_letter(record, bad)
                 continue
-            expected = self._home.get(message.key)
+            key = record.key
+            expected = home.get(key)
             if expected is None:
-                expected = partition_for(message.key, self.partitions)
-                _bounded_put(self._home, message.key, expected, self.cache_size)
-            if message.partition != expected:
-                self.reroute(event, expected)
+                expected = partition_for(key, partitions)
+                _bounded_put(home, key, expected, self.cache_size)
+            if record.partition != expected:
+                self.reroute(record, expected)
                 continue
-            by_account[msg.account_id].append((msg, position, event))
+            by_account[msg.account_id].append(
+                (msg, Position(topic, record.partition, record.offset), record)
+            )
 
         now = self.clock()
-        # The batch's effects by topic, sent in bulk once every state write is handed over.
-        effects: dict[str, list[Record]] = defaultdict(list)
+        state: Writes = defaultdict(list)
+        segments: Writes = defaultdict(list)
+        effects: dict[str, list[Record]] = defaultdict(list)  # by topic, sent in bulk
+        counted: Counter[tuple[str, str]] = Counter()
+        tally = Tally()
         for account_id, items in by_account.items():
-            self._apply(account_id, items, now, effects)
+            self._apply(account_id, items, now, state, segments, effects, counted, tally)
+        for (topic, decision), n in counted.items():
+            EVENTS.labels(topic, decision).inc(n)
+        tally.count()
+
+        accounts, archive = self._open()
+        # 1. state: each partition's records in one write (the marks ride in the records).
+        # A record is written even when nothing changed (a batch of replays): after a SIGKILL
+        # the local store can hold a write whose changelog record never reached Kafka, and
+        # the replay that finds its marks must still put that state into the changelog.
+        for partition, writes in state.items():
+            accounts.write(partition, writes)
+        for partition, writes in segments.items():
+            archive.write(partition, writes)
+        # 2. the same bytes to the changelogs, then the effects, after the state they follow.
         producer = self.topics.outcomes.app.producer
-        for topic, records in effects.items():
-            await producer.send_many(topic, records)
-        BATCH_SIZE.labels("ledger").observe(len(events))
+        for store, table_writes in ((accounts, state), (archive, segments)):
+            for partition, writes in table_writes.items():
+                await store.send_changelog(producer, partition, writes)
+        for topic, outputs in effects.items():
+            await producer.send_many(topic, outputs)
+        BATCH_SIZE.labels("ledger").observe(len(records))
         BATCH_DURATION.labels("ledger").observe(time.perf_counter() - started)
 
     def _apply(
@@ -122,60 +178,46 @@ class LedgerProcessor:
         account_id: str,
         items: list[tuple[AccountMessage, Position, Any]],
         now: float,
+        state: Writes,
+        segments: Writes,
         effects: dict[str, list[Record]],
+        counted: Counter[tuple[str, str]],
+        tally: Tally,
     ) -> None:
-        accounts, archive = self.tables.accounts, self.tables.archive
         key = account_id.encode()
+        partition = items[-1][1].partition
         account = self._cache.get(account_id)
         if account is None:
-            raw = accounts.get(key)
+            raw = self._open()[0].get(partition, key)
             account = Account.from_json(raw) if raw is not None else None
-
-        segments = self._segments
-
-        def archived(acc: str, seq: int) -> Any:
-            segment_key = archive_key(acc, seq).encode()
-            if segment_key in segments:
-                return segments[segment_key]
-            segment = archive.get(segment_key)
-            _bounded_put(segments, segment_key, segment, self.cache_size)
-            return segment
-
         result = fold(
             account,
             [(msg, pos) for msg, pos, _ in items],
             limits=self.limits,
-            archive_lookup=archived,
+            archive=self._index,
             is_committed=self.is_committed,
             now=now,
         )
-        # 1. state: one record per account (marks and activity inside), archive segments.
-        # The record is written even when nothing changed (a batch of replays): after a SIGKILL
-        # the local RocksDB store can hold a write whose changelog record never reached Kafka,
-        # and the replay that finds its marks must still put that state into the changelog.
-        with current_event(items[-1][2]):
-            if result.account is not None:
-                accounts[key] = result.account.to_json()
-                self._remember(account_id, result.account)
-            for seq, segment in result.archive_writes.items():
-                segment_key = archive_key(account_id, seq).encode()
-                if segment is None:
-                    archive.pop(segment_key, None)
-                else:
-                    archive[segment_key] = segment
-                _bounded_put(segments, segment_key, segment, self.cache_size)
-        # 2. effects, after the state they follow from.
+        if result.account is not None:
+            state[partition].append((key, orjson.dumps(result.account.to_json())))
+            _bounded_put(self._cache, account_id, result.account, self.cache_size)
+        for seq, segment in result.archive_writes.items():
+            segments[partition].append(
+                (
+                    archive_key(account_id, seq).encode(),
+                    None if segment is None else orjson.dumps(segment),
+                )
+            )
         # One step per message, in order (`fold`): what a message causes carries its trace.
-        for (_, _, event), step in zip(items, result.steps, strict=True):
-            EVENTS.labels(step.position.topic, step.decision.value).inc()
-            headers = carried(event) if step.effects else None
+        for (_, _, record), step in zip(items, result.steps, strict=True):
+            counted[step.position.topic, step.decision.value] += 1
+            if not step.effects:
+                continue
+            headers = carried(record)
             for effect in step.effects:
-                topic, record = self._record(effect, headers)
-                effects[topic].append(record)
-        count_business(result)
-
-    def _remember(self, account_id: str, account: Account) -> None:
-        _bounded_put(self._cache, account_id, account, self.cache_size)
+                topic, output = self._record(effect, headers)
+                effects[topic].append(output)
+        count_business(result, tally)
 
     def _record(
         self, effect: Effect, headers: list[tuple[str, bytes]] | None
@@ -203,8 +245,7 @@ class LedgerProcessor:
                 )
         raise TypeError(f"not an effect: {effect!r}")
 
-    def dead_letter(self, event: Any, bad: wire.BadMessage) -> None:
-        message = event.message
+    def dead_letter(self, message: Any, bad: wire.BadMessage) -> None:
         headers = [
             ("error.type", bad.error_type.encode()),
             ("error.message", bad.message.encode()[:1000]),
@@ -214,7 +255,7 @@ class LedgerProcessor:
         ]
         self.topics.dlq.send_soon(key=message.key, value=message.value, headers=headers)
         EVENTS.labels(message.topic, "dead_lettered").inc()
-        with bound_event(event):
+        with bound_event(message):
             log.warning(
                 "dead-lettered",
                 error_type=bad.error_type,
@@ -224,9 +265,8 @@ class LedgerProcessor:
                 offset=message.offset,
             )
 
-    def reroute(self, event: Any, partition: int) -> None:
+    def reroute(self, message: Any, partition: int) -> None:
         """Re-publish to the key's murmur2 partition (a producer used another partitioner)."""
-        message = event.message
         headers = [
             *(message.headers or []),
             ("atlas.rerouted-from", str(message.partition).encode()),
@@ -236,7 +276,8 @@ class LedgerProcessor:
         )
         if channel is None:  # internal topics are only written by Atlas, with murmur2
             self.dead_letter(
-                event, wire.BadMessage("wrong_partition", "internal message on the wrong partition")
+                message,
+                wire.BadMessage("wrong_partition", "internal message on the wrong partition"),
             )
             return
         channel.send_soon(
@@ -245,22 +286,48 @@ class LedgerProcessor:
         EVENTS.labels(message.topic, "rerouted").inc()
 
 
-def count_business(result: BatchResult) -> None:
-    """Accounts opened and closed, money moved and transfers settled, from one account's batch."""
+def count_business(result: BatchResult, tally: Tally | None = None) -> None:
+    """Accounts opened and closed, money moved and transfers settled, from one account's batch.
+
+    Counted into `tally` (the metrics are increased once per batch), or straight away.
+    """
+    t = Tally() if tally is None else tally
     for step in result.applied:
         match step.msg:
             case OpenAccount():
-                ACCOUNTS_OPENED.inc()
+                t.opened += 1
             case ChangeAccountStatus(status=AccountStatus.CLOSED):
-                ACCOUNTS_CLOSED.inc()
+                t.closed += 1
             case Payment(currency=currency, kind=kind, amount=amount):
-                MONEY_MOVED.labels(currency, kind.value).inc(amount)
+                t.money[currency, kind.value] += amount
     for step in result.decided:  # a replay re-emits its effects: not counted again
         for effect in step.effects:
             if isinstance(effect, TransferEvent) and effect.status.final:
-                TRANSFERS.labels(effect.status.value).inc()
+                t.transfers[effect.status.value] += 1
                 if effect.status is TransferStatus.COMPLETED:
-                    MONEY_MOVED.labels(effect.currency, "transfer").inc(effect.amount)
+                    t.money[effect.currency, "transfer"] += effect.amount
+    if tally is None:
+        t.count()
+
+
+@dataclass
+class Tally:
+    """A batch's business metrics, added up before the counters are increased once."""
+
+    opened: int = 0
+    closed: int = 0
+    money: Counter[tuple[str, str]] = field(default_factory=Counter)
+    transfers: Counter[str] = field(default_factory=Counter)
+
+    def count(self) -> None:
+        if self.opened:
+            ACCOUNTS_OPENED.inc(self.opened)
+        if self.closed:
+            ACCOUNTS_CLOSED.inc(self.closed)
+        for (currency, kind), amount in self.money.items():
+            MONEY_MOVED.labels(currency, kind).inc(amount)
+        for status, n in self.transfers.items():
+            TRANSFERS.labels(status).inc(n)
 
 
 def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, size: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Counter_
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -61,10 +62,18 @@ ACCOUNTS_OPENED = Counter("atlas_accounts_opened", "Accounts opened.", registry=
 ACCOUNTS_CLOSED = Counter("atlas_accounts_closed", "Accounts closed.", registry=REGISTRY)
 
 
-def count_consumed(events: list[Any]) -> None:
-    topics = Counter_(e.message.topic for e in events)
+def count_consumed(records: Iterable[Any]) -> None:
+    topics = Counter_(r.topic for r in records)
     for topic, n in topics.items():
         MESSAGES_CONSUMED.labels(topic).inc(n)
+
+
+INPUT_IDLE_EXPIRED = Counter(
+    "atlas_input_idle_expired",
+    "Times a task (one partition of the co-partitioned inputs) waited ATLAS_INPUT_IDLE_MS for "
+    "an input partition that lagged with nothing fetched, then went ahead without it.",
+    registry=REGISTRY,
+)
 
 
 PRODUCER_BUFFER_FULL = Counter(

@@ -108,8 +108,11 @@ class Settings(BaseSettings):
     max_amount: int = Field(default=100_000_000_000, ge=1)
     dedup_window: int = Field(default=32, ge=1)
     dedup_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # The most records in one agent batch (one partition's records of one fetch: streams.batches).
     batch_max: int = Field(default=5000, ge=1)
-    batch_within_s: float = Field(default=0.1, gt=0)
+    # How long a task (one partition of the co-partitioned inputs) waits for an input partition
+    # that has records on the broker but none fetched, before going ahead in time order without it.
+    input_idle_ms: int = Field(default=500, ge=0)
     producer_linger_s: float = Field(default=0.005, ge=0)
     # How long a record may take to be acknowledged, retries included (Kafka's delivery.timeout.ms
     # default). Retriable refusals (a leader election, a broker restart) are retried within it;

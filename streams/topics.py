@@ -33,6 +33,18 @@ class Topics:
     outcomes: Any
     dlq: Any
 
+    def input_groups(self) -> list[tuple[str, ...]]:
+        """The agents' inputs, each group read as one and time-ordered per partition number.
+
+        In the order that breaks a tie of timestamps: an account's commands before its legs and
+        payments (`streams.batches`).
+        """
+        ledger = (self.commands, self.legs, self.payments)
+        return [
+            tuple(t.get_topic_name() for t in ledger),
+            (self.transfer_events.get_topic_name(),),
+        ]
+
     def all(self) -> list[Any]:
         return [
             self.payments,
@@ -49,24 +61,35 @@ class Topics:
             await topic.maybe_declare()
 
 
+# An agent's queue holds batches (streams.batches), not records: a few are enough to keep it busy.
+AGENT_QUEUE_BATCHES = 64
+
+
 def define_topics(app: faust.App, prefix: str, partitions: int) -> Topics:
-    def topic(*names: str) -> Any:
-        return app.topic(
-            *(prefix + n for n in names),
+    # Imported here: this module's names are read by code (the CLI, the docs) that must not
+    # pay for importing Faust's internals.
+    from streams.batches import BatchTopic
+
+    def topic(*names: str, read_by_an_agent: bool = False) -> Any:
+        options: dict[str, Any] = {"maxsize": AGENT_QUEUE_BATCHES} if read_by_an_agent else {}
+        return (BatchTopic if read_by_an_agent else faust.Topic)(
+            app,
+            topics=[prefix + n for n in names],
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
             value_serializer="raw",
             partitions=partitions,
             internal=True,  # Faust may create it, with our partitions and replication factor
+            **options,
         )
 
     return Topics(
         payments=topic(PAYMENTS),
         commands=topic(COMMANDS),
         legs=topic(LEGS),
-        account_inputs=topic(PAYMENTS, COMMANDS, LEGS),
-        transfer_events=topic(TRANSFER_EVENTS),
+        account_inputs=topic(PAYMENTS, COMMANDS, LEGS, read_by_an_agent=True),
+        transfer_events=topic(TRANSFER_EVENTS, read_by_an_agent=True),
         outcomes=topic(OUTCOMES),
         dlq=topic(DLQ),
     )

@@ -188,13 +188,13 @@ def log_fields(correlation_id: str | None, traceparent: str | None) -> dict[str,
     return fields
 
 
-# ---- agents: a span per event of a batch -------------------------------------------------------
+# ---- agents: a span per record of a batch -------------------------------------------------------
 
 _EVENT_SPANS: ContextVar[dict[int, Span] | None] = ContextVar("atlas_event_spans", default=None)
 
 
 class _Consumption:
-    """A batch span, and one consumer span per event continuing the event's own trace."""
+    """A batch span, and one consumer span per record continuing the record's own trace."""
 
     def __init__(self, agent: str, events: Sequence[Any]) -> None:
         self.agent, self.events = agent, events
@@ -205,8 +205,7 @@ class _Consumption:
         )
         links = [Link(self.batch.get_span_context())]
         spans: dict[int, Span] = {}
-        for event in self.events:
-            message = event.message
+        for message in self.events:
             headers = message.headers
             attributes: dict[str, Any] = {
                 "messaging.system": "kafka",
@@ -218,7 +217,7 @@ class _Consumption:
                 attributes["messaging.message.id"] = event_id
             if cid := header(headers, CORRELATION_ID):
                 attributes["atlas.correlation_id"] = cid
-            spans[id(event)] = _tracer.start_span(
+            spans[id(message)] = _tracer.start_span(
                 f"{self.agent}.process",
                 context=context_from_headers(headers),
                 kind=SpanKind.CONSUMER,
@@ -245,25 +244,28 @@ class _Consumption:
 _UNTRACED: AbstractContextManager[None] = nullcontext()
 
 
-def consuming(agent: str, events: Sequence[Any]) -> AbstractContextManager[None]:
-    """Around one batch of an agent: spans while tracing is on, nothing at all while off."""
-    return _Consumption(agent, events) if _enabled else _UNTRACED
+def consuming(agent: str, records: Sequence[Any]) -> AbstractContextManager[None]:
+    """Around one batch of an agent: spans while tracing is on, nothing at all while off.
 
-
-def _event_span(event: Any) -> Span | None:
-    spans = _EVENT_SPANS.get()
-    return spans.get(id(event)) if spans else None
-
-
-def carried(event: Any) -> list[tuple[str, bytes]] | None:
-    """Headers for what is sent because of `event`: its correlation id and its trace context.
-
-    The traceparent is that of the event's own span, or the event's unchanged while untraced.
+    Records are aiokafka's (or Faust messages): topic, partition, offset and headers.
     """
-    headers = event.message.headers
+    return _Consumption(agent, records) if _enabled else _UNTRACED
+
+
+def _event_span(record: Any) -> Span | None:
+    spans = _EVENT_SPANS.get()
+    return spans.get(id(record)) if spans else None
+
+
+def carried(record: Any) -> list[tuple[str, bytes]] | None:
+    """Headers for what is sent because of `record`: its correlation id and trace context.
+
+    The traceparent is that of the record's own span, or the record's unchanged while untraced.
+    """
+    headers = record.headers
     if not headers:
         return None
-    span = _event_span(event)
+    span = _event_span(record)
     traceparent = traceparent_of(span.get_span_context()) if span is not None else None
     traceparent = traceparent or header(headers, TRACEPARENT)
     out: list[tuple[str, bytes]] = []
@@ -276,10 +278,10 @@ def carried(event: Any) -> list[tuple[str, bytes]] | None:
     return out or None
 
 
-def bound_event(event: Any) -> AbstractContextManager[Any]:
-    """Bind the event's correlation id and trace id to the log lines written inside."""
-    headers = event.message.headers
-    span = _event_span(event)
+def bound_event(record: Any) -> AbstractContextManager[Any]:
+    """Bind the record's correlation id and trace id to the log lines written inside."""
+    headers = record.headers
+    span = _event_span(record)
     traceparent = traceparent_of(span.get_span_context()) if span is not None else None
     fields = log_fields(
         header(headers, CORRELATION_ID), traceparent or header(headers, TRACEPARENT)

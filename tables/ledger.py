@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from tables.currencies import is_currency
 from tables.messages import (
@@ -191,11 +191,11 @@ def check_currency(code: str) -> str | None:
     return None if is_currency(code) else f"{code!r} is not an ISO 4217 currency"
 
 
-def exists(account: Account | None) -> bool:
+def exists(account: AccountView | None) -> bool:
     return account is not None and account.status is not AccountStatus.ABSENT
 
 
-def _usable(account: Account | None, currency: str) -> str | None:
+def _usable(account: AccountView | None, currency: str) -> str | None:
     if account is None or account.status is AccountStatus.ABSENT:
         return "unknown account"
     if account.status is AccountStatus.CLOSED:
@@ -207,78 +207,105 @@ def _usable(account: Account | None, currency: str) -> str | None:
     return None
 
 
-def _changed(account: Account, **changes: Any) -> Account:
-    return replace(account, version=account.version + 1, **changes)
+class AccountView(Protocol):
+    """What the rules read of an account: an `Account`, or a fold's working `Draft` of one."""
+
+    @property
+    def status(self) -> AccountStatus: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def balance(self) -> int: ...
 
 
-def decide(
-    account: Account | None, msg: AccountMessage, limits: Limits
-) -> tuple[Account | None, Decision, str | None]:
-    """The rules: the new state (or the same), and what was decided, with the reason."""
+Change = tuple[Decision, str | None, int, AccountStatus | None]
+
+
+def judge(account: AccountView | None, msg: AccountMessage, limits: Limits) -> Change:
+    """The rules: what is decided for `msg`, with the reason, and the change it makes.
+
+    The change is a balance delta and the new status (None: unchanged); an applied
+    `OpenAccount` opens the account with its owner and currency, at balance 0.
+    """
     rejected = Decision.REJECTED
     match msg:
         case Payment():
             reason = check_amount(msg.amount, limits) or _usable(account, msg.currency)
             if reason:
-                return account, rejected, reason
+                return rejected, reason, 0, None
             assert account is not None
             if msg.kind is PaymentKind.DEPOSIT:
-                return (
-                    _changed(account, balance=account.balance + msg.amount),
-                    Decision.APPLIED,
-                    None,
-                )
+                return Decision.APPLIED, None, msg.amount, None
             if account.balance < msg.amount:
-                return account, rejected, "insufficient funds"
-            return _changed(account, balance=account.balance - msg.amount), Decision.APPLIED, None
+                return rejected, "insufficient funds", 0, None
+            return Decision.APPLIED, None, -msg.amount, None
         case OpenAccount():
-            if account is not None and exists(account):
-                return account, rejected, "account already exists"
+            if exists(account):
+                return rejected, "account already exists", 0, None
             reason = check_email(msg.owner_email) or check_currency(msg.currency)
             if reason:
-                return account, rejected, reason
-            opened = Account(msg.account_id, msg.owner_email, msg.currency, AccountStatus.OPEN)
-            if account is not None:  # keep the marks an absent account's record gathered
-                opened = replace(
-                    account,
-                    owner_email=msg.owner_email,
-                    currency=msg.currency,
-                    status=AccountStatus.OPEN,
-                    balance=0,
-                    version=0,
-                )
-            return replace(opened, version=1), Decision.APPLIED, None
+                return rejected, reason, 0, None
+            return Decision.APPLIED, None, 0, AccountStatus.OPEN
         case ChangeAccountStatus():
-            if account is None or not exists(account):
-                return account, rejected, "unknown account"
+            if not exists(account):
+                return rejected, "unknown account", 0, None
+            assert account is not None
             if account.status is AccountStatus.CLOSED:
-                return account, rejected, "account is closed"
+                return rejected, "account is closed", 0, None
             if msg.status is AccountStatus.CLOSED and account.balance != 0:
-                return account, rejected, "only an account with a zero balance can be closed"
-            return _changed(account, status=msg.status), Decision.APPLIED, None
+                return rejected, "only an account with a zero balance can be closed", 0, None
+            return Decision.APPLIED, None, 0, msg.status
         case RequestTransfer():
             reason = check_amount(msg.amount, limits) or _usable(account, msg.currency)
             if not reason and msg.from_account == msg.to_account:
                 reason = "source and destination are the same account"
             if reason:
-                return account, rejected, reason
+                return rejected, reason, 0, None
             assert account is not None
             if account.balance < msg.amount:
-                return account, rejected, "insufficient funds"
-            return _changed(account, balance=account.balance - msg.amount), Decision.APPLIED, None
+                return rejected, "insufficient funds", 0, None
+            return Decision.APPLIED, None, -msg.amount, None
         case CreditLeg():
             reason = _usable(account, msg.currency)
             if reason:
-                return account, rejected, reason
-            assert account is not None
-            return _changed(account, balance=account.balance + msg.amount), Decision.APPLIED, None
+                return rejected, reason, 0, None
+            return Decision.APPLIED, None, msg.amount, None
         case RefundLeg():
             # Money taken from an account always goes back, whatever its state since. (Only a
             # debited account gets a refund, so one that does not exist means a forged leg.)
-            if account is None or not exists(account):
-                return account, rejected, "refund for an account that does not exist"
-            return _changed(account, balance=account.balance + msg.amount), Decision.APPLIED, None
+            if not exists(account):
+                return rejected, "refund for an account that does not exist", 0, None
+            return Decision.APPLIED, None, msg.amount, None
     raise TypeError(f"not an account message: {msg!r}")
+
+
+def decide(
+    account: Account | None, msg: AccountMessage, limits: Limits
+) -> tuple[Account | None, Decision, str | None]:
+    """The rules applied to a record: the new state (or the same), the decision, the reason."""
+    decision, reason, delta, status = judge(account, msg, limits)
+    if decision is not Decision.APPLIED:
+        return account, decision, reason
+    if isinstance(msg, OpenAccount):
+        # keep the marks an absent account's record gathered
+        base = account or Account(msg.account_id, "", "", AccountStatus.ABSENT)
+        opened = replace(
+            base,
+            owner_email=msg.owner_email,
+            currency=msg.currency,
+            status=AccountStatus.OPEN,
+            balance=0,
+            version=1,
+        )
+        return opened, decision, None
+    assert account is not None
+    new = replace(
+        account,
+        version=account.version + 1,
+        balance=account.balance + delta,
+        status=status or account.status,
+    )
+    return new, decision, None
 
 
 def effects_of(msg: AccountMessage, decision: Decision, reason: str | None) -> list[Effect]:
@@ -332,8 +359,9 @@ def effects_of(msg: AccountMessage, decision: Decision, reason: str | None) -> l
 
 # ---- one account, one batch -------------------------------------------------------------------
 
-ArchiveLookup = Callable[[str, int], Mapping[str, list[Any]] | None]
 IsCommitted = Callable[[Position], bool]
+SegmentLoader = Callable[[str, int], Mapping[str, list[Any]] | None]
+_NOWHERE = Position("", -1, -1)  # an archived mark does not keep where its message was read
 
 
 @dataclass(slots=True)
@@ -355,17 +383,141 @@ class BatchResult:
     decided: list[Step] = field(default_factory=list)  # newly applied or rejected (not replays)
 
 
-def _archived(
-    account: Account, key: str, lookup: ArchiveLookup, now: float, limits: Limits
-) -> Mark | None:
-    for seq, created in account.archive:
-        if now - created > limits.archive_horizon_s:
-            continue
-        segment = lookup(account.id, seq)
-        if segment is not None and key in segment:
-            decision, reason = segment[key]
-            return Mark(key, Decision(decision), reason, Position("", -1, -1))
-    return None
+@dataclass(slots=True)
+class Draft:
+    """An account's working copy inside one fold: changed in place, frozen once at the end."""
+
+    id: str
+    owner_email: str
+    currency: str
+    status: AccountStatus
+    balance: int
+    version: int
+    marks: list[Mark]
+    index: dict[str, Mark]  # dedup key -> mark, of `marks`
+    archive: list[tuple[int, float]]
+    next_seq: int
+    pending: PendingArchive | None
+    activity: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, a: Account) -> Draft:
+        marks = list(a.marks)
+        return cls(
+            a.id,
+            a.owner_email,
+            a.currency,
+            a.status,
+            a.balance,
+            a.version,
+            marks,
+            {m.key: m for m in marks},
+            list(a.archive),
+            a.next_seq,
+            a.pending,
+            a.activity,
+        )
+
+    @classmethod
+    def absent(cls, account_id: str) -> Draft:
+        """A record for an id no account was opened under: it only keeps dedup marks."""
+        return cls(account_id, "", "", AccountStatus.ABSENT, 0, 0, [], {}, [], 0, None, (0, 0, 0))
+
+    def apply(self, msg: AccountMessage, delta: int, status: AccountStatus | None) -> None:
+        if isinstance(msg, OpenAccount):  # the marks an absent record gathered stay
+            self.owner_email, self.currency = msg.owner_email, msg.currency
+            self.status, self.balance, self.version = AccountStatus.OPEN, 0, 1
+            return
+        self.balance += delta
+        self.version += 1
+        if status is not None:
+            self.status = status
+
+    def add(self, mark: Mark) -> None:
+        self.marks.append(mark)
+        self.index[mark.key] = mark
+
+    def drop_oldest(self, count: int) -> None:
+        for mark in self.marks[:count]:
+            if self.index.get(mark.key) is mark:
+                del self.index[mark.key]
+        del self.marks[:count]
+
+    def freeze(self) -> Account:
+        return Account(
+            self.id,
+            self.owner_email,
+            self.currency,
+            self.status,
+            self.balance,
+            self.version,
+            tuple(self.marks),
+            tuple(self.archive),
+            self.next_seq,
+            self.pending,
+            self.activity,
+        )
+
+
+class ArchiveIndex:
+    """Which archive segment holds each archived dedup id: one dict look-up per event.
+
+    Built once per account from its live segments (`load(account id, seq)`), the first time
+    one of its events is looked up, and kept in step with the segments each fold writes or
+    expires (`record`). It is a cache of the archive table: `forget` drops it whenever the
+    table may have changed under it (a rebalance: recovery rewrites the store), and it is
+    rebuilt from the table. At most `size` accounts are indexed (the least recent go first).
+    """
+
+    def __init__(self, load: SegmentLoader, size: int = 100_000) -> None:
+        self._load, self._size = load, size
+        # account id -> dedup key -> (segment seq, segment created at, decision, reason)
+        self._ids: dict[str, dict[str, tuple[int, float, str, str | None]]] = {}
+
+    def find(self, account: Draft, key: str, now: float, horizon_s: float) -> Mark | None:
+        ids = self._ids.get(account.id)
+        if ids is None:
+            ids = self._build(account)
+        entry = ids.get(key)
+        if entry is None:
+            return None
+        _, created, decision, reason = entry
+        if now - created > horizon_s:
+            return None
+        return Mark(key, Decision(decision), reason, _NOWHERE)
+
+    def record(self, result: BatchResult) -> None:
+        """Follow a fold's archive writes (a new or rewritten segment, or an expired one)."""
+        account = result.account
+        if not result.archive_writes or account is None:
+            return
+        ids = self._ids.get(account.id)
+        if ids is None:
+            return  # built from the table when first needed
+        created_at = dict(account.archive)
+        for seq, segment in result.archive_writes.items():
+            if segment is None:
+                for key in [k for k, e in ids.items() if e[0] == seq]:
+                    del ids[key]
+                continue
+            created = created_at.get(seq, 0.0)
+            for key, (decision, reason) in segment.items():
+                ids[key] = (seq, created, decision, reason)
+
+    def forget(self) -> None:
+        self._ids.clear()
+
+    def _build(self, account: Draft) -> dict[str, tuple[int, float, str, str | None]]:
+        ids: dict[str, tuple[int, float, str, str | None]] = {}
+        for seq, created in account.archive:
+            segment = self._load(account.id, seq)
+            for key, (decision, reason) in (segment or {}).items():
+                ids[key] = (seq, created, decision, reason)
+        self._ids.pop(account.id, None)
+        self._ids[account.id] = ids
+        if len(self._ids) > self._size:
+            del self._ids[next(iter(self._ids))]
+        return ids
 
 
 ACTIVITY_WINDOW_S = 3600
@@ -387,19 +539,26 @@ def fold(
     messages: Iterable[tuple[AccountMessage, Position]],
     *,
     limits: Limits,
-    archive_lookup: ArchiveLookup,
+    archive: ArchiveIndex,
     is_committed: IsCommitted,
     now: float,
 ) -> BatchResult:
-    """Apply a batch of one account's messages, in order; return the state to write once."""
+    """Apply a batch of one account's messages, in order; return the state to write once.
+
+    The messages change a working copy (`Draft`); the record is frozen once, at the end.
+    """
     result = BatchResult(account=account, changed=False)
+    draft = Draft.of(account) if account is not None else None
+    horizon = limits.archive_horizon_s
     last_position: Position | None = None
     for msg, position in messages:
         last_position = position
-        current = result.account
-        prior = current.find_mark(msg.dedup_key) if current else None
-        if prior is None and current is not None:
-            prior = _archived(current, msg.dedup_key, archive_lookup, now, limits)
+        key = msg.dedup_key
+        prior = None
+        if draft is not None:
+            prior = draft.index.get(key)
+            if prior is None and draft.archive:
+                prior = archive.find(draft, key, now, horizon)
         if prior is not None:
             if isinstance(msg, Payment) and prior.position != position:
                 shown, effects = Decision.DUPLICATE, effects_of(msg, Decision.DUPLICATE, None)
@@ -407,61 +566,63 @@ def fold(
                 shown, effects = prior.decision, effects_of(msg, prior.decision, prior.reason)
             result.steps.append(Step(msg, position, shown, prior.reason, effects))
             continue
-        new, decision, reason = decide(current, msg, limits)
+        decision, reason, delta, status = judge(draft, msg, limits)
         step = Step(msg, position, decision, reason, effects_of(msg, decision, reason))
         result.steps.append(step)
         result.decided.append(step)
+        if draft is None:  # no record yet: one that only remembers this decision
+            draft = Draft.absent(msg.account_id)
         if decision is Decision.APPLIED:
             result.applied.append(step)
-            if isinstance(msg, Payment) and new is not None:
-                new = replace(new, activity=_counted(new.activity, msg.amount, now))
-        if new is None:  # no record yet: one that only remembers this decision
-            new = Account(msg.account_id, "", "", AccountStatus.ABSENT)
-        mark = Mark(msg.dedup_key, decision, reason, position)
-        result.account = replace(new, marks=(*new.marks, mark))
+            draft.apply(msg, delta, status)
+            if isinstance(msg, Payment):
+                draft.activity = _counted(draft.activity, msg.amount, now)
+        draft.add(Mark(key, decision, reason, position))
         result.changed = True
-    if result.account is not None and last_position is not None:
-        _archive(result, last_position, limits, is_committed, now)
+    if draft is not None and last_position is not None:
+        _archive(draft, result, last_position, limits, is_committed, now)
+        result.account = draft.freeze()
+        archive.record(result)
     return result
 
 
 def _archive(
-    result: BatchResult, position: Position, limits: Limits, is_committed: IsCommitted, now: float
+    draft: Draft,
+    result: BatchResult,
+    position: Position,
+    limits: Limits,
+    is_committed: IsCommitted,
+    now: float,
 ) -> None:
     """The two-phase move of old marks to the archive; see the module docstring."""
-    account = result.account
-    assert account is not None
-    expired = [seq for seq, created in account.archive if now - created > limits.archive_horizon_s]
-    if expired:
-        account = replace(account, archive=tuple(a for a in account.archive if a[0] not in expired))
-        result.archive_writes.update({seq: None for seq in expired})
+    # Segments are created in order, so the expired ones are at the front.
+    horizon = limits.archive_horizon_s
+    while draft.archive and now - draft.archive[0][1] > horizon:
+        seq, _ = draft.archive.pop(0)
+        result.archive_writes[seq] = None
         result.changed = True
-    pending = account.pending
+    pending = draft.pending
     if pending is not None:
         if is_committed(pending.position):
-            account = replace(account, marks=account.marks[pending.count :], pending=None)
+            draft.drop_oldest(pending.count)
+            draft.pending = None
         else:
-            segment = _segment(account.marks[: pending.count])
-            result.archive_writes[pending.seq] = segment
-            account = replace(account, pending=replace(pending, position=position))
+            result.archive_writes[pending.seq] = _segment(draft.marks[: pending.count])
+            draft.pending = replace(pending, position=position)
         result.changed = True
-    elif len(account.marks) >= 2 * limits.window:
+    elif len(draft.marks) >= 2 * limits.window:
         movable = 0
-        for mark in account.marks[: len(account.marks) - limits.window]:
+        for mark in draft.marks[: len(draft.marks) - limits.window]:
             if not is_committed(mark.position):
                 break
             movable += 1
         if movable:
-            seq = account.next_seq
-            result.archive_writes[seq] = _segment(account.marks[:movable])
-            account = replace(
-                account,
-                archive=(*account.archive, (seq, now)),
-                next_seq=seq + 1,
-                pending=PendingArchive(seq, movable, position),
-            )
+            seq = draft.next_seq
+            result.archive_writes[seq] = _segment(draft.marks[:movable])
+            draft.archive.append((seq, now))
+            draft.next_seq = seq + 1
+            draft.pending = PendingArchive(seq, movable, position)
             result.changed = True
-    result.account = account
 
 
 def _segment(marks: Iterable[Mark]) -> dict[str, list[Any]]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
+import rocksdict
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,72 @@ class LedgerTable(faust.Table[bytes, Any]):
             generation,
         )
         return None
+
+
+class PartitionStore:
+    """One table's local store, read and written a partition at a time, in bulk.
+
+    The batch runtime's path around Faust's one-write-at-a-time table API: a partition's
+    changed records go into its RocksDB database as one `WriteBatch` (the memory store, used
+    by unit tests, takes them as a dict update), and the same bytes go to the changelog in
+    one send by the caller. Values are JSON, as the table's own serializer writes them, so
+    Faust's reads, recovery and web routing see the same records.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.changelog = table.changelog_topic.get_topic_name()
+        data = table.data
+        self._rocksdb = hasattr(data, "_db_for_partition")
+
+    def get(self, partition: int, key: bytes) -> Any | None:
+        """The decoded value of `key` on `partition`, or None."""
+        data = self.table.data
+        if self._rocksdb:
+            raw = data._db_for_partition(partition).get(key)
+            return None if raw is None else orjson.loads(raw)
+        return data.data.get(key)
+
+    def write(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> None:
+        """Write (key, JSON value) pairs to `partition` at once; a None value deletes the key."""
+        data = self.table.data
+        if self._rocksdb:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in items:
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            data._db_for_partition(partition).write(batch)
+            index = data._key_index
+            for key, _ in items:
+                index[key] = partition
+            return
+        for key, value in items:
+            if value is None:
+                data.data.pop(key, None)
+                data._key_partition.pop(key, None)
+            else:
+                data.data[key] = orjson.loads(value)
+                data._key_partition[key] = partition
+
+    def persisted(self, partition: int, offset: int) -> None:
+        """Record that the changelog holds this partition's writes up to `offset`."""
+        self.table.data.set_persisted_offset(TP(self.changelog, partition), offset)
+
+    async def send_changelog(
+        self, producer: Any, partition: int, items: list[tuple[bytes, bytes | None]]
+    ) -> None:
+        """The same records to the changelog partition in one send (`SafeProducer.send_many`).
+
+        The persisted offset is set once Kafka acknowledged them: recovery catches up from it.
+        """
+        await producer.send_many(
+            self.changelog,
+            [(key, value, None) for key, value in items],
+            partition=partition,
+            on_delivered=lambda offset: self.persisted(partition, offset),
+        )
 
 
 @dataclass(frozen=True)

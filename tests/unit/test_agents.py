@@ -40,10 +40,13 @@ import faust
 import orjson
 import pytest
 from aiokafka.errors import NotLeaderForPartitionError
+from aiokafka.structs import ConsumerRecord
 from faust.exceptions import ProducerSendError
+from faust.types import TP
 from faust.types.tuples import Message
 
 from streams.app import AtlasApp, create_app
+from streams.batches import BatchMessage, RecordBatch
 from streams.kafka import SafeProducer, partition_for
 from streams.settings import Settings
 from streams.topics import TopicDeclarer
@@ -121,6 +124,39 @@ class Harness:
         await channel.put(await channel.decode(message))
         return message
 
+    async def deliver_batch(
+        self, topic: Any, items: list[tuple[bytes, bytes]], *, partition: int | None = None
+    ) -> Message:
+        """Put one batch event on the agent's channel, as the consumer's scheduler makes them:
+        consecutive records of one topic partition (`streams.batches`)."""
+        name = topic.get_topic_name()
+        if partition is None:
+            partition = partition_for(items[0][0], PARTITIONS)
+        records = []
+        for key, value in items:
+            offset = self.offsets[name, partition]
+            self.offsets[name, partition] = offset + 1
+            records.append(
+                ConsumerRecord(
+                    name,
+                    partition,
+                    offset,
+                    int(time.time() * 1000),
+                    0,
+                    key,
+                    value,
+                    None,
+                    len(key),
+                    len(value),
+                    (),
+                )
+            )
+        tp = TP(name, partition)
+        message = BatchMessage(tp, RecordBatch(tp, records, self.app.consumer_generation_id))
+        channel = self.agent.stream().channel
+        await channel.put(self.app.create_event(None, None, None, message))
+        return message
+
     async def settle(self, *messages: Message) -> None:
         """Wait until the agent has finished the batches holding `messages`."""
         await eventually(lambda: all(m.acked for m in messages), "the batch to be acked")
@@ -135,7 +171,11 @@ class Harness:
         return [s for s in self.sent if s.topic == name]
 
     def changelog(self, table: Any) -> list[Sent]:
-        return self.to(table.changelog_topic.get_topic_name())
+        """The table's changelog records, their JSON values decoded."""
+        return [
+            replace(s, value=None if s.value is None else orjson.loads(s.value))
+            for s in self.to(table.changelog_topic.get_topic_name())
+        ]
 
     def account(self, account_id: str) -> Account | None:
         raw = self.app.ledger_tables.accounts.get(account_id.encode())
@@ -160,7 +200,6 @@ def make_app(tmp_path: Path, **overrides: Any) -> AtlasApp:
         "app_name": f"atlas-unit-{uuid.uuid4().hex[:12]}",
         "table_store": "memory://",
         "topic_partitions": PARTITIONS,
-        "batch_within_s": 0.005,
         "data_dir": tmp_path,
         **overrides,
     }
@@ -185,10 +224,17 @@ def recorder() -> Iterator[tuple[list[Sent], mock.AsyncMock]]:
         return send_soon(topic, **kwargs)
 
     async def record_many(
-        producer: Any, topic: str, records: Any, partitions: int | None = None
+        producer: Any,
+        topic: str,
+        records: Any,
+        partitions: int | None = None,
+        *,
+        partition: int | None = None,
+        on_delivered: Any = None,
     ) -> None:
         for key, value, headers in records:
-            sent.append(Sent(topic, key, value, partition_for(key, PARTITIONS), headers))
+            where = partition_for(key, PARTITIONS) if partition is None else partition
+            sent.append(Sent(topic, key, value, where, headers))
 
     with (
         mock.patch.object(faust.Topic, "maybe_declare", new_callable=mock.AsyncMock) as declare,
@@ -305,18 +351,16 @@ async def test_the_account_record_is_written_on_the_key_partition_with_the_raw_k
     assert serialized_key == b"acc-7"
 
 
-async def test_a_batch_writes_each_changed_account_once(tmp_path: Path, recorder: Any) -> None:
-    app = make_app(tmp_path, batch_max=5, batch_within_s=5.0)  # exactly one batch of five
-    async with running(app, "ledger", recorder) as h:
-        t = h.topics
-        await h.run(
-            (t.commands, b"acc-1", open_account()),
-            *[(t.payments, b"acc-1", payment(f"e{i}")) for i in range(4)],
-        )
-    records = h.changelog(app.ledger_tables.accounts)
-    assert len(records) == 1
-    assert records[0].value["balance"] == 400
-    assert len(records[0].value["marks"]) == 5
+async def test_a_batch_writes_each_changed_account_once(ledger: Harness) -> None:
+    t = ledger.topics
+    await ledger.run((t.commands, b"acc-1", open_account()))
+    batch = await ledger.deliver_batch(t.payments, [(b"acc-1", payment(f"e{i}")) for i in range(4)])
+    await ledger.settle(batch)
+    records = ledger.changelog(ledger.app.ledger_tables.accounts)
+    assert len(records) == 2  # the opening's batch, then the four payments' batch
+    assert records[1].value["balance"] == 400
+    assert len(records[1].value["marks"]) == 5
+    assert [o["event_id"] for o in ledger.outcomes()] == ["e0", "e1", "e2", "e3"]
 
 
 async def test_a_duplicate_event_id_is_not_applied_twice(ledger: Harness) -> None:
@@ -521,12 +565,11 @@ async def test_a_failed_batch_is_never_committed(
 ) -> None:
     """streams/agents.py: a batch that fails half-way must be read again after restart.
 
-    Faust acks a `take_events` batch even when the body raises (its generator acks in a
-    `finally`), so acks cannot stop the commit: the producer refuses every later commit instead
-    (the consumer awaits `producer.flush()` before it commits, and it raises), then the worker
-    crashes.
+    The batch is not acked, and the producer refuses every later commit too (the consumer
+    awaits `producer.flush()` before it commits, and it raises): what the batch wrote before
+    it failed must never be committed past. Then the worker crashes.
     """
-    app = make_app(tmp_path, batch_max=1, batch_within_s=5.0)
+    app = make_app(tmp_path)
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a bug half-way through a batch")
@@ -596,11 +639,15 @@ async def test_the_transfers_agent_ignores_stale_and_replayed_events(transfers: 
     await transfers.run(
         (t.transfer_events, b"tr-1", transfer_event(TransferStatus.REVERSED, "account is closed"))
     )
-    await transfers.run(
-        (t.transfer_events, b"tr-1", transfer_event(TransferStatus.DEBITED)),  # late
-        (t.transfer_events, b"tr-1", transfer_event(TransferStatus.COMPLETED)),  # other final
-        (t.transfer_events, b"tr-1", transfer_event(TransferStatus.REVERSED, "x")),  # replay
+    batch = await transfers.deliver_batch(
+        t.transfer_events,
+        [
+            (b"tr-1", transfer_event(TransferStatus.DEBITED)),  # late
+            (b"tr-1", transfer_event(TransferStatus.COMPLETED)),  # other final
+            (b"tr-1", transfer_event(TransferStatus.REVERSED, "x")),  # replay
+        ],
     )
+    await transfers.settle(batch)
     table = transfers.app.ledger_tables.transfers
     record = table.get(b"tr-1")
     assert (record["status"], record["reason"]) == ("reversed", "account is closed")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from streams.ledger import count_business
 from streams.resources import _log_query
-from tables.ledger import Limits, fold
+from tables.ledger import ArchiveIndex, Limits, fold
 from tables.messages import (
     AccountStatus,
     ChangeAccountStatus,
@@ -27,6 +27,9 @@ def at(offset: int) -> Position:
     return Position("atlas.payments.v1", 0, offset)
 
 
+NO_ARCHIVE = ArchiveIndex(lambda account_id, seq: None)
+
+
 def never(_: Position) -> bool:
     return False
 
@@ -43,16 +46,14 @@ def test_opened_closed_money_moved_and_settled_transfers_are_counted_once() -> N
         (Payment("p1", PaymentKind.DEPOSIT, "m-acc", 700, "SEK", "2026-11-26T10:00:00Z"), at(2)),
         (CreditLeg("t1", "other", "m-acc", 250, "SEK"), at(3)),
     ]
-    first = fold(
-        None, batch, limits=Limits(), archive_lookup=lambda a, s: None, is_committed=never, now=1.0
-    )
+    first = fold(None, batch, limits=Limits(), archive=NO_ARCHIVE, is_committed=never, now=1.0)
     count_business(first)
     # A replay of the same batch is all duplicates: nothing is counted again.
     again = fold(
         first.account,
         batch,
         limits=Limits(),
-        archive_lookup=lambda a, s: None,
+        archive=NO_ARCHIVE,
         is_committed=never,
         now=2.0,
     )
@@ -62,7 +63,7 @@ def test_opened_closed_money_moved_and_settled_transfers_are_counted_once() -> N
         again.account,
         [(ChangeAccountStatus("c2", "m-acc", AccountStatus.CLOSED), at(4))],
         limits=Limits(),
-        archive_lookup=lambda a, s: None,
+        archive=NO_ARCHIVE,
         is_committed=never,
         now=3.0,
     )
@@ -78,7 +79,7 @@ def test_opened_closed_money_moved_and_settled_transfers_are_counted_once() -> N
             (ChangeAccountStatus("c3", "m-acc", AccountStatus.CLOSED), at(6)),
         ],
         limits=Limits(),
-        archive_lookup=lambda a, s: None,
+        archive=NO_ARCHIVE,
         is_committed=never,
         now=4.0,
     )

@@ -14,7 +14,16 @@ from typing import Any
 
 import pytest
 
-from tables.ledger import Account, BatchResult, Limits, Mark, PendingArchive, archive_key, fold
+from tables.ledger import (
+    Account,
+    ArchiveIndex,
+    BatchResult,
+    Limits,
+    Mark,
+    PendingArchive,
+    archive_key,
+    fold,
+)
 from tables.messages import (
     AccountMessage,
     AccountStatus,
@@ -71,6 +80,10 @@ class Ledger:
     account: Account | None
     limits: Limits = field(default_factory=Limits)
     archive: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    index: ArchiveIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = ArchiveIndex(self.lookup)
 
     def lookup(self, account_id: str, seq: int) -> Mapping[str, list[Any]] | None:
         return self.archive.get(archive_key(account_id, seq))
@@ -86,7 +99,7 @@ class Ledger:
             self.account,
             list(messages),
             limits=self.limits,
-            archive_lookup=self.lookup,
+            archive=self.index,
             is_committed=is_committed,
             now=now,
         )
@@ -483,6 +496,7 @@ def test_without_the_archive_table_the_late_duplicate_would_be_applied() -> None
     """The control for the test above: the archive lookup is what catches it."""
     ledger = archived_ledger(Limits(window=WINDOW))
     ledger.archive.clear()
+    ledger.index.forget()  # the index is a cache of the archive table
     late = ledger.fold([(deposit("e2"), at(50))], is_committed=committed_below(50))
     assert late.steps[0].decision is APPLIED
     assert ledger.state.balance == 1100
@@ -543,16 +557,18 @@ class Worker:
     unflushed_archive: list[tuple[str, dict[str, list[Any]] | None]] = field(default_factory=list)
     durable_account: Account | None = None
     durable_archive: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    index: ArchiveIndex = field(init=False)
 
     def __post_init__(self) -> None:
         self.durable_account = self.account
+        self.index = ArchiveIndex(lambda acc, seq: self.archive.get(archive_key(acc, seq)))
 
     def process(self, batch: list[tuple[Payment, Position]], now: float) -> BatchResult:
         result = fold(
             self.account,
             batch,
             limits=self.limits,
-            archive_lookup=lambda acc, seq: self.archive.get(archive_key(acc, seq)),
+            archive=self.index,
             is_committed=lambda p: p.offset < self.committed,
             now=now,
         )
@@ -591,6 +607,7 @@ class Worker:
         assert self.durable_account is not None
         self.account = self.durable_account
         self.archive = dict(self.durable_archive)
+        self.index.forget()  # a new process: its index is built from the durable table
         self.unflushed_accounts.clear()
         self.unflushed_archive.clear()
 

@@ -49,10 +49,9 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> InMemorySpanExporter:
 
 
 def event(topic: str = "t", offset: int = 0, **headers: str) -> Any:
+    """A consumed record, as an agent's batch holds them."""
     raw = [(k.replace("_", "-"), v.encode()) for k, v in headers.items()]
-    return SimpleNamespace(
-        message=SimpleNamespace(topic=topic, partition=0, offset=offset, headers=raw)
-    )
+    return SimpleNamespace(topic=topic, partition=0, offset=offset, headers=raw)
 
 
 # ---- set-up -----------------------------------------------------------------------------------
