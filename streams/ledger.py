@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streams import wire
+from streams import failpoints, wire
 from streams.kafka import Record, partition_for
 from streams.logs import get_logger
 from streams.metrics import (
@@ -60,6 +60,11 @@ from tables.messages import (
 from tables.store import LedgerTables, PartitionStore
 
 log = get_logger(__name__)
+
+
+def _changelog_acked() -> None:
+    failpoints.reach("ledger.changelog-acked")
+
 
 Writes = dict[int, list[tuple[bytes, bytes | None]]]  # partition -> (key, JSON value or None)
 
@@ -163,11 +168,13 @@ class LedgerProcessor:
             accounts.write(partition, writes)
         for partition, writes in segments.items():
             archive.write(partition, writes)
+        failpoints.reach("ledger.state-written")
         # 2. the same bytes to the changelogs, then the effects, after the state they follow.
         producer = self.topics.outcomes.app.producer
-        for store, table_writes in ((accounts, state), (archive, segments)):
-            for partition, writes in table_writes.items():
-                await store.send_changelog(producer, partition, writes)
+        for partition, writes in state.items():
+            await accounts.send_changelog(producer, partition, writes, _changelog_acked)
+        for partition, writes in segments.items():
+            await archive.send_changelog(producer, partition, writes)
         for topic, outputs in effects.items():
             await producer.send_many(topic, outputs)
         BATCH_SIZE.labels("ledger").observe(len(records))

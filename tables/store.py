@@ -19,6 +19,7 @@ runs past records it never applied. `LedgerTable` replays such a partition's cha
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,17 +120,28 @@ class PartitionStore:
         self.table.data.set_persisted_offset(TP(self.changelog, partition), offset)
 
     async def send_changelog(
-        self, producer: Any, partition: int, items: list[tuple[bytes, bytes | None]]
+        self,
+        producer: Any,
+        partition: int,
+        items: list[tuple[bytes, bytes | None]],
+        then: Callable[[], None] | None = None,
     ) -> None:
         """The same records to the changelog partition in one send (`SafeProducer.send_many`).
 
-        The persisted offset is set once Kafka acknowledged them: recovery catches up from it.
+        The persisted offset is set once Kafka acknowledged them (recovery catches up from
+        it), and `then` is called.
         """
+
+        def acked(offset: int) -> None:
+            self.persisted(partition, offset)
+            if then is not None:
+                then()
+
         await producer.send_many(
             self.changelog,
             [(key, value, None) for key, value in items],
             partition=partition,
-            on_delivered=lambda offset: self.persisted(partition, offset),
+            on_delivered=acked,
         )
 
 
