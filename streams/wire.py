@@ -138,7 +138,7 @@ def _check_key(key: bytes | None, account_id: str) -> None:
 _FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # \A...\Z: Python's $ would let a trailing newline through (pydantic's regex does not).
 _FastCurrency = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{3}\Z")]
-_FastAmount = Annotated[int, msgspec.Meta(gt=0)]
+_FastAmount = Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]  # pydantic refuses larger
 
 
 class _FastPayment(msgspec.Struct):

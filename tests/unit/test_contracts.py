@@ -199,3 +199,87 @@ def test_faust_recovery_asks_each_partitions_persisted_offset(app: AtlasApp) -> 
 
     assert "table.persisted_offset(tp)" in inspect.getsource(Recovery._add)
     assert app.conf.Table.__name__ == "LedgerTable"
+
+
+# ---- the batch runtime (streams.batches, SafeConsumer, tables.store.PartitionStore) ----
+
+
+def test_faust_consumer_scheduler_hook_and_fetch_loop(app: AtlasApp) -> None:
+    consumer = app.consumer
+    # Faust sets its scheduler in __init__, before Service.__init__ calls __post_init__ (ours).
+    init = inspect.getsource(faust_consumer.Consumer.__init__)
+    assert "self.scheduler = self.app.conf.ConsumerScheduler()" in init
+    assert init.index("self.scheduler = ") < init.index("super().__init__(")
+    assert consumer.scheduler is consumer.batches  # installed after Faust's own
+    getmany = inspect.getsource(faust_consumer.Consumer.getmany)
+    assert "self.scheduler.iterate(records)" in getmany
+    assert "yield tp, to_message(tp, record)" in getmany
+    assert signature_of(faust_aiokafka.Consumer._to_message) == ["self", "tp", "record"]
+    # The drain loop gets `self.getmany` (ours), and sets the read offset after delivery.
+    drain = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert "getmany = self.getmany" in drain
+    assert "set_read_offset(tp, offset)" in drain
+    assert "self._n_acked >= commit_every" in drain
+    assert isinstance(consumer._read_offset, dict)
+    assert isinstance(consumer._acked_index, dict)
+    assert isinstance(consumer._n_acked, int)
+    assert signature_of(faust_consumer.Consumer.seek) == ["self", "partition", "offset"]
+    # A final ack goes to Consumer.ack (ours), where a batch records its every offset.
+    from faust.types.tuples import ConsumerMessage
+
+    assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
+
+
+def test_faust_ack_lock_and_stream_acks() -> None:
+    from faust.streams import Stream
+    from faust.types import tuples
+
+    assert hasattr(tuples.ack_lock, "acquire")  # a (reentrant) lock shared by every ack path
+    assert "event.ack()" in inspect.getsource(Stream.ack)
+    assert callable(Stream.noack)
+
+
+def test_faust_topic_decode_is_compiled_per_topic() -> None:
+    import faust
+
+    assert "self._compile_decode()" in inspect.getsource(faust.Topic.__init__)
+    assert "self.decode = " in inspect.getsource(faust.Topic._compile_decode)
+    # The conductor decodes a message with the first subscribed channel's decode.
+    from faust.transport.conductor import ConductorCompiler
+
+    assert "await chan.decode(message, propagate=True)" in inspect.getsource(
+        ConductorCompiler.build
+    )
+
+
+def test_aiokafka_fetch_position_and_highwater() -> None:
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    for name in ("highwater", "position", "has_valid_position"):
+        assert name in inspect.getsource(TopicPartitionState)
+    assert "assignment.state_value(partition)" in inspect.getsource(AIOKafkaConsumer.highwater)
+
+
+async def test_aiokafka_batch_builder_counts_and_a_batch_resolves_to_its_base_offset() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    try:
+        batch = producer.create_batch()
+        assert batch.append(key=b"k", value=b"v", timestamp=None, headers=[]) is not None
+        assert batch.record_count() == 1
+    finally:
+        await producer.stop()
+    done = inspect.getsource(MessageBatch.done)
+    assert "base_offset" in done and "self.future.set_result" in done
+
+
+def test_faust_rocksdb_and_memory_store_internals(tmp_path: Path) -> None:
+    from faust.stores import memory, rocksdb
+
+    assert signature_of(rocksdb.Store._db_for_partition) == ["self", "partition"]
+    assert "self._key_index = LRUCache(" in inspect.getsource(rocksdb.Store.__init__)
+    assert signature_of(rocksdb.Store.set_persisted_offset) == ["self", "tp", "offset"]
+    assert "self.data: MutableMapping = {}" in inspect.getsource(memory.Store.__post_init__)
+    assert "self._key_partition" in inspect.getsource(memory.Store.__post_init__)
+    import rocksdict
+
+    assert callable(rocksdict.WriteBatch)

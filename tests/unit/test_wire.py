@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -300,3 +301,44 @@ def test_a_malformed_transfer_event_is_a_schema_error(value: bytes) -> None:
     with pytest.raises(BadMessage) as info:
         decode_transfer_event(value)
     assert info.value.error_type == "schema_error"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"amount": 1.0},
+        {"amount": True},
+        {"amount": 2**63 - 1},
+        {"amount": 2**63},
+        {"amount": 2**70},
+        {"amount": 0},
+        {"currency": "EUR\n"},
+        {"currency": "eur"},
+        {"event_id": ""},
+        {"event_id": "x" * 129},
+        {"event_id": "é" * 128},
+        {"occurred_at": "2026-11-26 10:00:00"},
+        {"occurred_at": "2026-11-26T10:00:00.123456+02:00"},
+        {"occurred_at": 1764151200},
+        {"type": "refund"},
+        {"extra": {"nested": [1, 2]}},
+    ],
+)
+def test_the_fast_decoder_never_accepts_what_the_contract_refuses(
+    overrides: dict[str, Any],
+) -> None:
+    """`decode_payment`'s msgspec path and the pydantic model decide the same way."""
+    from streams.wire import _decode_payment, decode_payment
+
+    value = json.dumps(contract(**overrides)).encode()  # the standard library: any int size
+    key = b"acc-1"
+    try:
+        expected: Any = _decode_payment(key, value)
+    except BadMessage as bad:
+        expected = (bad.error_type, bad.message)
+    try:
+        got: Any = decode_payment(key, value)
+    except BadMessage as bad:
+        got = (bad.error_type, bad.message)
+    assert got == expected
