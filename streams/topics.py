@@ -62,7 +62,7 @@ class Topics:
 
 
 # An agent's queue holds batches (streams.batches), not records: a few are enough to keep it busy.
-AGENT_QUEUE_BATCHES = 64
+AGENT_QUEUE_BATCHES = 16
 
 
 def define_topics(app: faust.App, prefix: str, partitions: int) -> Topics:

@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 # them, and a 2 GiB block cache, for each of tables x partitions databases: hundreds of MB of
 # resident memory on a small worker). Ignored by the memory store.
 ROCKSDB_OPTIONS = {
-    "write_buffer_size": 4 * 1024**2,
+    "write_buffer_size": 1024**2,
     "max_write_buffer_number": 2,
-    "block_cache_size": 8 * 1024**2,
+    "block_cache_size": 2 * 1024**2,
 }
 
 
