@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -52,6 +51,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
+from murmurhash2 import murmurhash2 as _murmurhash2
 
 from streams.batches import BatchMessage, BatchScheduler, RecordBatch
 from streams.metrics import MESSAGES_PRODUCED
@@ -479,33 +479,16 @@ def register() -> None:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), which every Atlas table assumes."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return (_murmurhash2(key, _SEED) & 0x7FFFFFFF) % partitions
 
 
-_M = 0x5BD1E995
+_SEED = 0x9747B28C  # the seed of Kafka's murmur2 (`Utils.murmur2` in the Java client)
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (`Utils.murmur2` in the Java client), as aiokafka computes it.
+    """Kafka's murmur2, as aiokafka computes it (a test compares them), in native code.
 
-    The same function as `aiokafka.partitioner.murmur2` (a test compares them), twice as fast:
-    the 4-byte words are read by one `struct.unpack_from`, and the masks are only where the
-    32-bit arithmetic needs them. It runs for every message in and every outcome out.
+    It runs for every message in and every outcome out: `murmurhash2`'s compiled function
+    takes about 0.5 µs where a Python loop over the 4-byte words takes 4.
     """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    for k in struct.unpack_from(f"<{length >> 2}I", data):
-        k = (k * _M) & 0xFFFFFFFF
-        k = ((k ^ (k >> 24)) * _M) & 0xFFFFFFFF
-        h = ((h * _M) & 0xFFFFFFFF) ^ k
-    tail = length & 3
-    if tail:
-        base = length - tail
-        if tail == 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * _M) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * _M) & 0xFFFFFFFF
-    return h ^ (h >> 15)
+    return int(_murmurhash2(data, _SEED))
