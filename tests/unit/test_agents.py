@@ -1,8 +1,8 @@
 """The agents, run through Faust's `Agent.test_context()`: no broker, the real agent bodies.
 
 `test_context()` clones an agent onto an in-memory channel and starts its real body, so what
-runs here is `streams.agents` -> `stream.take_events` batches -> the processors -> table writes
-under `streams.context.current_event` (changelog records included) -> the sends.
+runs here is `streams.agents` -> one event per batch -> the processors -> bulk table writes
+(`tables.store.PartitionStore`, changelog records included) -> the sends.
 
 Three things stand in for the broker, each for a concrete reason:
 
@@ -14,13 +14,14 @@ Three things stand in for the broker, each for a concrete reason:
   topic, partition and offset, which the dedup marks record.
 - `Topic.maybe_declare` is an `AsyncMock`: declaring a topic would start a producer and
   connect to Kafka.
-- `Topic.send_soon` is wrapped by a recorder that still calls Faust's own: records land in the
-  (never started) producer's buffer. Table changelog writes go through `send_soon` too, so the
-  recorder sees every record the worker would produce. The bulk path for a batch's effects
-  (outcomes, legs, transfer events), `SafeProducer.send_many`, is recorded instead of sent (it
-  writes straight into aiokafka batches of a started producer).
+- `Topic.send_soon` (dead letters, re-routed payments) is wrapped by a recorder that still
+  calls Faust's own: records land in the (never started) producer's buffer. The bulk path for
+  a batch's changelog records and effects (outcomes, legs, transfer events),
+  `SafeProducer.send_many`, is recorded instead of sent (it writes straight into aiokafka
+  batches of a started producer), so the recorder sees every record the worker would produce.
 
-A batch is done when its messages are acked: `take_events` acks them after `process` returns.
+A message delivered alone is a batch of one; `Harness.deliver_batch` puts a batch event as the
+consumer's scheduler makes them. A batch is done when it is acked, after `process` returns.
 """
 
 from __future__ import annotations

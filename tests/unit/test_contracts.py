@@ -1,16 +1,15 @@
 """Contracts with Faust, mode and aiokafka internals that Atlas leans on.
 
 Atlas pins faust-streaming, mode-streaming and aiokafka to exact versions (pyproject.toml):
-the commit-safe transport (`streams.kafka`), table routing (`web.reads`), the event context
-(`streams.context`), the lag reader and the relay reach private attributes of theirs. Each such
-attribute is named here with the shape the code expects, so that an upgrade that moves one
-fails in the unit tier, loudly, instead of in a worker.
+the commit-safe transport (`streams.kafka`), table routing (`web.reads`), the batch runtime
+(`streams.batches`, `tables.store.PartitionStore`), the lag reader and the relay reach private
+attributes of theirs. Each such attribute is named here with the shape the code expects, so
+that an upgrade that moves one fails in the unit tier, loudly, instead of in a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import tomllib
 from importlib.metadata import version
@@ -105,19 +104,13 @@ def test_faust_producer_hooks(app: AtlasApp) -> None:
     assert "producer._partition(" in inspect.getsource(faust_aiokafka.Producer.key_partition)
 
 
-# ---- faust: table routing (web.reads) and the event context (streams.context) ----
+# ---- faust: table routing (web.reads) ----
 
 
 def test_faust_router_and_assignor() -> None:
     assert signature_of(Router.route_req) == ["self", "table_name", "key", "web", "request"]
     assert "self.app.producer.key_partition" in inspect.getsource(PartitionAssignor.key_store)
     assert "_tps_url" in inspect.getsource(PartitionAssignor.key_store)
-
-
-def test_faust_current_event_is_a_context_variable() -> None:
-    from faust import streams
-
-    assert isinstance(streams._current_event, contextvars.ContextVar)
 
 
 # ---- aiokafka: producer, accumulator, client ----
