@@ -1,12 +1,18 @@
 """Variant (a): Atlas's own payments pipeline, `atlas worker` as a subprocess.
 
 The worker's ledger agent reads payments, account commands and transfer legs as one stream,
-with no ordering between the topics. Payments read before their account's `OpenAccount` are
-rejected ("unknown account"), so the accounts are opened in a set-up run first:
+time-ordered per partition (`streams.batches`). The accounts are still opened in a set-up run
+first, so that the measured run is the payments alone:
 
-1. set-up: start the worker (its consumer group is new), wait until every account answers
-   `GET /v1/accounts/{id}`, let a commit pass, stop it with SIGTERM. The payments topic is
-   still empty, so the group has no offsets on it.
+1. set-up: the caller has produced one `OpenAccount` command per account straight to the
+   commands topic (`workload.commands`, in the worker's wire form). Start the worker (its
+   consumer group is new) and wait until the group's committed offsets on the commands topic
+   reach their end offsets: every command was handled, and (commit-safe transport) every
+   record it wrote acknowledged before the offsets moved. Then read back a sample of the
+   accounts (all of them up to `SETUP_SAMPLE`, else a seeded sample plus the last one opened)
+   until each answers `GET /v1/accounts/{id}`, and stop the worker with SIGTERM. The payments
+   topic is still empty, so the group has no offsets on it. (100,000 accounts: no 100,000
+   GETs; the measured run's balance check still reads every account.)
 2. the payments are produced (by the caller).
 3. measured run: the same worker configuration (same group, same state folder) starts again
    and reads the payments from the beginning. Throughput is measured on `atlas.outcomes.v1`
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import sys
@@ -32,6 +39,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.bench.procs import BenchTimeout, Deadline, Measured, Registry, wait_http_ready
 from tests.bench.workload import Workload
@@ -43,6 +51,8 @@ PAYMENTS = "atlas.payments.v1"
 COMMANDS = "atlas.ledger.commands.v1"
 OUTCOMES = "atlas.outcomes.v1"
 _DIGITS = re.compile(r"\d+")
+SETUP_SAMPLE = 1_000  # accounts read back over HTTP at the end of the set-up run
+READ_CONCURRENCY = 32  # GETs in flight when every balance is read
 
 
 def free_port() -> int:
@@ -117,7 +127,10 @@ async def with_api_client(cfg: AtlasConfig) -> AtlasConfig:
 
 
 async def get_accounts(
-    http: aiohttp.ClientSession, cfg: AtlasConfig, ids: list[str], concurrency: int = 16
+    http: aiohttp.ClientSession,
+    cfg: AtlasConfig,
+    ids: list[str],
+    concurrency: int = READ_CONCURRENCY,
 ) -> dict[str, tuple[int, Any]]:
     """GET /v1/accounts/{id} for each id: id -> (status, body or None)."""
     gate = asyncio.Semaphore(concurrency)
@@ -155,6 +168,59 @@ async def wait_accounts_open(
         missing = [a for a, (status, _) in answers.items() if status != 200]
         if missing:
             await asyncio.sleep(0.5)
+
+
+def setup_sample(accounts: list[str], size: int = SETUP_SAMPLE, seed: int = 0) -> list[str]:
+    """The accounts the set-up reads back: all of them up to `size`, else a seeded sample that
+    includes the last one opened (the commands are produced in account order)."""
+    if len(accounts) <= size:
+        return list(accounts)
+    picked = random.Random(seed).sample(range(len(accounts) - 1), size - 1)
+    return [accounts[i] for i in sorted(picked)] + [accounts[-1]]
+
+
+async def commands_lag(
+    admin: AIOKafkaAdminClient, cfg: AtlasConfig, ends: dict[TopicPartition, int]
+) -> int:
+    """Commands the worker's group has not committed yet (a partition without a committed
+    offset counts from 0: the topic is new)."""
+    committed = await admin.list_consumer_group_offsets(cfg.app_name, partitions=list(ends))
+    lag = 0
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        offset = meta.offset if meta is not None and meta.offset >= 0 else 0
+        lag += max(0, end - offset)
+    return lag
+
+
+async def wait_commands_committed(cfg: AtlasConfig, worker: Measured, timeout_s: float) -> int:
+    """Until the group has committed every command on the commands topic; returns how many."""
+    topic = cfg.topic_prefix + COMMANDS
+    tps = [TopicPartition(topic, p) for p in range(cfg.partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap, request_timeout_ms=30_000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(tps)  # produced before the worker started
+        finally:
+            await consumer.stop()
+        started = time.monotonic()
+        while (lag := await commands_lag(admin, cfg, ends)) > 0:
+            if time.monotonic() - started > timeout_s:
+                raise BenchTimeout(
+                    f"{lag} of {sum(ends.values())} account commands still not committed "
+                    f"after {timeout_s:.0f}s"
+                )
+            if not worker.alive:
+                raise RuntimeError(
+                    f"worker exited with {worker.proc.returncode}; see {worker.log_path}"
+                )
+            await asyncio.sleep(0.5)
+        return sum(ends.values())
+    finally:
+        await admin.close()
 
 
 # ---- outcomes ----------------------------------------------------------------------------------
@@ -251,9 +317,14 @@ class AtlasRun:
 
 
 async def open_accounts(
-    cfg: AtlasConfig, workload: Workload, registry: Registry, deadline: Deadline
+    cfg: AtlasConfig,
+    workload: Workload,
+    registry: Registry,
+    deadline: Deadline,
+    timeout_s: float = 120.0,
 ) -> float:
-    """Set-up step 1 (see the module docstring). Returns its duration in seconds."""
+    """Set-up step 1 (see the module docstring); the commands are on their topic already.
+    Returns its duration in seconds."""
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -266,8 +337,13 @@ async def open_accounts(
         )
         try:
             await wait_http_ready("worker", f"{cfg.url}/health/ready", worker, deadline.bound(120))
-            await wait_accounts_open(http, cfg, worker, workload.accounts, deadline.bound(120))
-            await asyncio.sleep(3)  # > 2 commit intervals: the commands' offsets get committed
+            committed = await wait_commands_committed(cfg, worker, deadline.bound(timeout_s))
+            if committed != len(workload.commands):
+                raise RuntimeError(
+                    f"{committed} commands on the topic, {len(workload.commands)} produced"
+                )
+            sample = setup_sample(workload.accounts)
+            await wait_accounts_open(http, cfg, worker, sample, deadline.bound(60))
         finally:
             code = await worker.stop(grace_s=30)
     if code not in (0, None):

@@ -1,7 +1,8 @@
 """Payments throughput: Atlas's worker against a raw aiokafka loop and a Quix Streams app.
 
     .venv/bin/python -m tests.bench.bench_streams [--events N] [--accounts M]
-        [--duplicates 0.1] [--partitions P] [--variants atlas,raw,quix,faust] [--timeout 900]
+        [--duplicates 0.1] [--partitions P] [--variants atlas,raw,quix,faust]
+        [--wide-accounts 100000] [--wide-events 100000] [--timeout 1500]
 
 One run: a fresh topic namespace (`bench-<time>-<random>.`), the payments produced once
 (`--events` unique deposits plus `--duplicates` of them re-sent later, keyed by account id),
@@ -13,11 +14,21 @@ then each variant in turn as its own subprocess, from its own new consumer group
 - faust: the floor of a Faust agent: Atlas's batching, the dedup and sums in a plain dict, no
   table and no output (`variant_faust.py`); no pipeline of Faust agents can be faster.
 
+Then a second, wide row on topics of its own (`<namespace>wide.`): `--wide-events` unique
+deposits (the same `--duplicates` re-sent) over `--wide-accounts` accounts (100,000: nearly
+every event touches an account no other event of its batch does, so Atlas writes about one
+changelog record per event), atlas and quix only, side by side and judged as the first row
+(every balance / every sum, every duplicate). Atlas's set-up opens those accounts the same way:
+their OpenAccount commands produced straight to the commands topic, the set-up worker done when
+its group has committed them all (see `atlas_variant.py`). Quix needs no set-up: its state per
+account (key) starts empty, as in the first row. `--wide-accounts 0` skips the row.
+
 Per variant: events/s from the first to the last event handled, CPU seconds of the process
 tree (whole process, start-up included) and CPU µs per event inside that window, peak RSS
-(VmHWM), and whether the result is right. The table is printed and written as JSON to
-`.local/bench/streams-<time>.json`. The run is bounded by `--timeout`; its processes, state
-folders and topics are removed at the end (`--keep` keeps the topics and folders).
+(VmHWM), and whether the result is right. The tables are printed and written as JSON to
+`.local/bench/streams-<time>.json` (the wide row under `"wide"`). The run is bounded by
+`--timeout`; its processes, state folders and topics are removed at the end (`--keep` keeps
+the topics and folders).
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,6 +62,7 @@ from tests.topics import delete_topics_containing
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO_ROOT / ".local" / "bench"
 VARIANTS = ("atlas", "raw", "quix", "faust")
+WIDE_VARIANTS = ("atlas", "quix")  # the second, wide row: side by side, no floors
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 NOTES = (
     "seconds: atlas = broker timestamps of its first and last outcome record; raw = partitions "
@@ -378,6 +390,9 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
     finally:
         rows = [Row(**r) for r in report.get("rows", [])]
         report["ratios"] = ratios(rows)
+        if "wide" in report:
+            wide = report["wide"]
+            wide["ratios"] = ratios([Row(**r) for r in wide.get("rows", [])])
         await registry.stop_all()
         if not args.keep:
             try:
@@ -389,6 +404,7 @@ async def bench(args: argparse.Namespace, registry: Registry, deadline: Deadline
                 report["topics_deleted"] = f"failed: {exc!r}"
             for state in ("atlas-data", "quix-state", "faust-state"):
                 shutil.rmtree(run_dir / state, ignore_errors=True)
+                shutil.rmtree(run_dir / "wide" / state, ignore_errors=True)
     return report
 
 
@@ -401,25 +417,52 @@ async def _bench(
     run_dir: Path,
     report: dict[str, Any],
 ) -> None:
+    api_key = ""
+    if "atlas" in args.variants:
+        probe = _atlas_config(args, run_id, prefix, run_dir, "atlas")
+        api_key = (await atlas_variant.with_api_client(probe)).api_key
     workload = build(args.events, args.accounts, args.duplicates, seed=args.seed)
-    report["workload"] = {
-        "accounts": len(workload.accounts),
-        "unique_events": workload.unique,
-        "duplicates": workload.duplicates,
-        "payments_total": workload.total,
-        "min_gap_events": workload.min_gap,
-        "partitions": args.partitions,
-        "mean_value_bytes": sum(len(v) for _, v in workload.payments) / workload.total,
-    }
-    await create_topics(
-        args.bootstrap, [prefix + t for t in (PAYMENTS, COMMANDS, OUTCOMES)], args.partitions
+    await _run_workload(
+        args,
+        registry,
+        deadline,
+        workload,
+        variants=args.variants,
+        group_prefix=run_id,
+        prefix=prefix,
+        run_dir=run_dir,
+        api_key=api_key,
+        profile_s=args.profile_atlas,
+        section=report,
     )
-    cmd = await produce(args.bootstrap, prefix + COMMANDS, workload.commands, timeout_s=60)
-    print(f"produced {cmd.records} OpenAccount commands", flush=True)
+    wide_variants = [v for v in args.variants if v in WIDE_VARIANTS]
+    if args.wide_accounts and wide_variants:
+        del workload  # its payments are produced and measured
+        wide = build(args.wide_events, args.wide_accounts, args.duplicates, seed=args.seed)
+        wide_dir = run_dir / "wide"
+        wide_dir.mkdir(exist_ok=True)
+        print(f"\nwide row: {args.wide_accounts} accounts, {args.wide_events} events", flush=True)
+        await _run_workload(
+            args,
+            registry,
+            deadline,
+            wide,
+            variants=wide_variants,
+            group_prefix=f"{run_id}-wide",
+            prefix=f"{run_id}.wide.",
+            run_dir=wide_dir,
+            api_key=api_key,
+            profile_s=0.0,
+            section=report.setdefault("wide", {}),
+        )
 
-    cfg = AtlasConfig(
+
+def _atlas_config(
+    args: argparse.Namespace, group_prefix: str, prefix: str, run_dir: Path, name: str
+) -> AtlasConfig:
+    return AtlasConfig(
         bootstrap=args.bootstrap,
-        app_name=f"{run_id}-atlas",
+        app_name=f"{group_prefix}-{name}",
         topic_prefix=prefix,
         partitions=args.partitions,
         data_dir=run_dir / "atlas-data",
@@ -427,19 +470,56 @@ async def _bench(
         port=atlas_variant.free_port(),
         overrides=tuple(args.atlas_env),
     )
-    if "atlas" in args.variants:
-        cfg = await atlas_variant.with_api_client(cfg)
+
+
+async def _run_workload(
+    args: argparse.Namespace,
+    registry: Registry,
+    deadline: Deadline,
+    workload: Workload,
+    *,
+    variants: list[str],
+    group_prefix: str,  # consumer groups (and Atlas's changelogs) are named after it
+    prefix: str,  # the topic namespace
+    run_dir: Path,  # logs, results and state folders
+    api_key: str,
+    profile_s: float,
+    section: dict[str, Any],  # what is measured goes here
+) -> None:
+    """One workload on topics of its own: the accounts opened (Atlas), the payments produced,
+    then each of `variants` in turn."""
+    section["workload"] = {
+        "accounts": len(workload.accounts),
+        "unique_events": workload.unique,
+        "duplicates": workload.duplicates,
+        "payments_total": workload.total,
+        "min_gap_events": workload.min_gap,
+        "partitions": args.partitions,
+        "mean_value_bytes": sum(len(v) for _, v in workload.payments) / workload.total,
+        "variants": list(variants),
+    }
+    await create_topics(
+        args.bootstrap, [prefix + t for t in (PAYMENTS, COMMANDS, OUTCOMES)], args.partitions
+    )
+    cmd = await produce(
+        args.bootstrap, prefix + COMMANDS, workload.commands, timeout_s=deadline.bound(120)
+    )
+    print(f"produced {cmd.records} OpenAccount commands", flush=True)
+
+    cfg = replace(_atlas_config(args, group_prefix, prefix, run_dir, "atlas"), api_key=api_key)
     changelogs_before: dict[str, int] = {}
-    if "atlas" in args.variants and not args.atlas_no_setup:
-        setup_s = await atlas_variant.open_accounts(cfg, workload, registry, deadline)
-        report["atlas_setup_s"] = round(setup_s, 1)
+    if "atlas" in variants and not args.atlas_no_setup:
+        setup_s = await atlas_variant.open_accounts(
+            cfg, workload, registry, deadline, timeout_s=args.variant_timeout
+        )
+        section["atlas_setup_s"] = round(setup_s, 1)
         changelogs_before = await atlas_variant.changelog_offsets(cfg)
         print(f"atlas set-up: {len(workload.accounts)} accounts open ({setup_s:.0f}s)", flush=True)
 
     pay = await produce(
         args.bootstrap, prefix + PAYMENTS, workload.payments, timeout_s=deadline.bound(300)
     )
-    report["produce"] = {
+    section["produce"] = {
         "records": pay.records,
         "seconds": round(pay.seconds, 2),
         "per_s": round(pay.rate),
@@ -451,9 +531,9 @@ async def _bench(
         flush=True,
     )
 
-    report["rows"] = []
-    details: dict[str, Any] = report.setdefault("details", {})
-    for variant in args.variants:
+    section["rows"] = []
+    details: dict[str, Any] = section.setdefault("details", {})
+    for variant in variants:
         print(f"running {variant} ...", flush=True)
         try:
             if variant == "atlas":
@@ -464,7 +544,7 @@ async def _bench(
                     registry,
                     deadline,
                     args.variant_timeout,
-                    args.profile_atlas,
+                    profile_s,
                     args.profile_from,
                 )
                 details["atlas"] = extra
@@ -480,7 +560,7 @@ async def _bench(
                     module,
                     bootstrap=args.bootstrap,
                     topic=prefix + PAYMENTS,
-                    group=f"{run_id}-{variant}",
+                    group=f"{group_prefix}-{variant}",
                     workload=workload,
                     run_dir=run_dir,
                     registry=registry,
@@ -492,7 +572,7 @@ async def _bench(
                 (judge_raw if variant == "raw" else judge_dedup)(row, result, workload)
         except BenchTimeout as exc:
             row = Row(variant, 0, None, None, None, None, None, False, f"not run: {exc}")
-        report["rows"].append(asdict(row))
+        section["rows"].append(asdict(row))
         print(
             f"  {row.variant}: {row.events} events, {_fmt(row.events_per_s, ',.0f')}/s, "
             f"{'correct' if row.correct else 'NOT correct'}",
@@ -508,8 +588,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accounts", type=int, default=1_000)
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction re-sent later")
     p.add_argument("--partitions", type=int, default=8)
+    p.add_argument(
+        "--wide-accounts",
+        type=int,
+        default=100_000,
+        help="accounts of the second (wide) row, atlas and quix only; 0 skips that row",
+    )
+    p.add_argument(
+        "--wide-events",
+        type=int,
+        default=100_000,
+        help="unique payment events of the wide row (plus --duplicates of them re-sent)",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma separated, in order")
-    p.add_argument("--timeout", type=float, default=900.0, help="hard bound of the whole run, s")
+    p.add_argument("--timeout", type=float, default=1500.0, help="hard bound of the whole run, s")
     p.add_argument("--variant-timeout", type=float, default=420.0, help="bound per variant, s")
     p.add_argument(
         "--profile-atlas",
@@ -562,7 +654,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.atlas_env = overrides
     if not 0 <= args.duplicates < 1:
         p.error("--duplicates is a fraction in [0, 1)")
+    if args.wide_accounts < 0 or (args.wide_accounts and args.wide_events < 100):
+        p.error("--wide-accounts is 0 (no wide row) or more, with --wide-events of 100 or more")
     return args
+
+
+def atlas_lines(atlas: dict[str, Any], label: str = "") -> list[str]:
+    """What the report says about the Atlas worker beyond its row (`label` names the row)."""
+    lines: list[str] = []
+    if atlas.get("worker_log_warnings_and_errors"):
+        lines.append(f"\natlas worker log{label}, warnings and errors (count: message):")
+        for message, count in atlas["worker_log_warnings_and_errors"].items():
+            lines.append(f"  {count}: {message}")
+    if atlas.get("events_per_s_by_fifth"):
+        lines.append(
+            f"\natlas events/s over each fifth of the run{label}: {atlas['events_per_s_by_fifth']}"
+        )
+    if atlas.get("ledger_batches") or atlas.get("changelog_records"):
+        lines.append(
+            f"\natlas ledger batches{label}: {atlas.get('ledger_batches')}; changelog records "
+            f"written: {atlas.get('changelog_records')} "
+            f"({atlas.get('changelog_records_per_payment')} per payment)"
+        )
+    return lines
+
+
+def wide_lines(wide: dict[str, Any]) -> list[str]:
+    """The wide row's block: its workload, its table, its ratios on lines of their own."""
+    w = wide.get("workload", {})
+    accounts = w.get("accounts")
+    label = f" ({accounts} accounts)"
+    setup = wide.get("atlas_setup_s")
+    lines = [
+        f"\nwide row: {accounts} accounts, {w.get('payments_total')} payments "
+        f"({w.get('unique_events')} unique + {w.get('duplicates')} re-sent)"
+        + (f", atlas set-up {setup:.0f}s (not measured)" if setup is not None else ""),
+        render_table([Row(**r) for r in wide.get("rows", [])]),
+    ]
+    for name, value in wide.get("ratios", {}).items():
+        lines.append(f"{name}{label}: {_fmt(value, '.3f')}")
+    lines.extend(atlas_lines(wide.get("details", {}).get("atlas", {}), label))
+    return lines
 
 
 def main() -> int:
@@ -581,26 +713,26 @@ def main() -> int:
     for name, value in report.get("ratios", {}).items():
         print(f"{name}: {_fmt(value, '.3f')}")
     atlas = report.get("details", {}).get("atlas", {})
-    if atlas.get("worker_log_warnings_and_errors"):
-        print("\natlas worker log, warnings and errors (count: message):")
-        for message, count in atlas["worker_log_warnings_and_errors"].items():
-            print(f"  {count}: {message}")
-    if atlas.get("events_per_s_by_fifth"):
-        print(f"\natlas events/s over each fifth of the run: {atlas['events_per_s_by_fifth']}")
-    if atlas.get("ledger_batches") or atlas.get("changelog_records"):
-        print(
-            f"\natlas ledger batches: {atlas.get('ledger_batches')}; changelog records written: "
-            f"{atlas.get('changelog_records')} "
-            f"({atlas.get('changelog_records_per_payment')} per payment)"
-        )
+    for line in atlas_lines(atlas):
+        print(line)
     if atlas.get("profile_summary"):
         print(f"\natlas worker profile ({atlas['profile']}):\n{atlas['profile_summary']}")
+    wide = report.get("wide")
+    if wide:
+        rows += [Row(**r) for r in wide.get("rows", [])]
+        for line in wide_lines(wide):
+            print(line)
+    if report.get("error"):
+        print(f"\nrun failed: {report['error']}")
     out = OUT_DIR / f"streams-{report['started_at']}.json"
     out.write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str)
     )
     print(f"\nwritten {out.relative_to(REPO_ROOT)}")
-    return 0 if rows and all(r.correct for r in rows) else 1
+    expected_rows = len(args.variants) + (
+        len([v for v in args.variants if v in WIDE_VARIANTS]) if args.wide_accounts else 0
+    )
+    return 0 if len(rows) == expected_rows and all(r.correct for r in rows) else 1
 
 
 if __name__ == "__main__":
