@@ -89,6 +89,7 @@ class LedgerProcessor:
         default=None, init=False, repr=False
     )
     _index: ArchiveIndex = field(init=False, repr=False)
+    _names: tuple[str, str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._index = ArchiveIndex(self._segment, self.cache_size)
@@ -217,7 +218,7 @@ class LedgerProcessor:
             )
         # One step per message, in order (`fold`): what a message causes carries its trace.
         for (_, _, record), step in zip(items, result.steps, strict=True):
-            counted[step.position.topic, step.decision.value] += 1
+            counted[step.position.topic, step.decision] += 1  # a StrEnum: its value
             if not step.effects:
                 continue
             headers = carried(record)
@@ -230,22 +231,27 @@ class LedgerProcessor:
         self, effect: Effect, headers: list[tuple[str, bytes]] | None
     ) -> tuple[str, Record]:
         """An effect as the topic it goes to and its record (key, value, headers)."""
-        topics = self.topics
+        names = self._names
+        if names is None:
+            t = self.topics
+            names = self._names = tuple(
+                x.get_topic_name() for x in (t.outcomes, t.transfer_events, t.legs)
+            )
         match effect:
             case PaymentOutcome():
-                return topics.outcomes.get_topic_name(), (
+                return names[0], (
                     effect.event_id.encode(),
                     wire.encode_outcome(effect),
                     headers,
                 )
             case TransferEvent():
-                return topics.transfer_events.get_topic_name(), (
+                return names[1], (
                     effect.transfer_id.encode(),
                     wire.encode_transfer_event(effect),
                     headers,
                 )
             case CreditLeg() | RefundLeg():
-                return topics.legs.get_topic_name(), (
+                return names[2], (
                     effect.account_id.encode(),
                     wire.encode_command(effect),
                     headers,
@@ -306,11 +312,11 @@ def count_business(result: BatchResult, tally: Tally | None = None) -> None:
             case ChangeAccountStatus(status=AccountStatus.CLOSED):
                 t.closed += 1
             case Payment(currency=currency, kind=kind, amount=amount):
-                t.money[currency, kind.value] += amount
+                t.money[currency, kind] += amount
     for step in result.decided:  # a replay re-emits its effects: not counted again
         for effect in step.effects:
             if isinstance(effect, TransferEvent) and effect.status.final:
-                t.transfers[effect.status.value] += 1
+                t.transfers[effect.status] += 1
                 if effect.status is TransferStatus.COMPLETED:
                     t.money[effect.currency, "transfer"] += effect.amount
     if tally is None:

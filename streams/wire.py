@@ -274,10 +274,10 @@ def encode_outcome(o: PaymentOutcome) -> bytes:
         {
             "event_id": o.event_id,
             "account_id": o.account_id,
-            "type": o.kind.value,
+            "type": o.kind,  # orjson writes an enum as its value
             "amount": o.amount,
             "currency": o.currency,
-            "status": o.status.value,
+            "status": o.status,
             "reason": o.reason,
         }
     )

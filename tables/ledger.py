@@ -66,7 +66,7 @@ class Mark:
     def to_json(self) -> list[Any]:
         if self._json is None:
             p = self.position
-            json = [self.key, self.decision.value, self.reason, p.topic, p.partition, p.offset]
+            json = [self.key, self.decision, self.reason, p.topic, p.partition, p.offset]
             object.__setattr__(self, "_json", json)
             return json
         return self._json
@@ -626,7 +626,7 @@ def _archive(
 
 
 def _segment(marks: Iterable[Mark]) -> dict[str, list[Any]]:
-    return {m.key: [m.decision.value, m.reason] for m in marks}
+    return {m.key: [m.decision, m.reason] for m in marks}  # StrEnum: JSON writes the value
 
 
 def archive_key(account_id: str, seq: int) -> str:
