@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import asyncpg
 import orjson
 import pytest
 
@@ -26,6 +27,24 @@ from tests.integration.workload import Message, Namespace, payment, produce, tra
 
 pytestmark = pytest.mark.integration
 Spawn = Callable[..., WorkerProcess]
+
+
+async def outbox_drained(database_url: str, timeout_s: float) -> None:
+    """Until no outbox row is left to publish."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL"
+            )
+            if left == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{left} outbox rows still unpublished after {timeout_s}s")
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
 
 
 def test_sigkilled_relay_loses_no_accepted_write(
@@ -114,6 +133,9 @@ def test_sigkilled_relay_loses_no_accepted_write(
         thread.join(timeout=60)
 
     assert kills == 3 and len(accepted) > 50
+    # The relay publishes every accepted row (a new leader may take seconds to take over),
+    # and only then is the ledger's input at rest for good.
+    asyncio.run(outbox_drained(base_env["DATABASE_URL"], 120))
     asyncio.run(ns.wait_at_rest(180))
     finals = asyncio.run(transfer_finals(ns))
     ids = set(accepted.values())
