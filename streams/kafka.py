@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -283,6 +283,8 @@ class SafeConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.committed: dict[TP, int] = {}
+        # The last offset handed to a stream per partition, since the last seek.
+        self.delivered_to: dict[TP, int] = {}
         self._stalled_since: dict[TP, float] = {}
         # The batch runtime (streams.batches): the app names its co-partitioned input groups.
         app = self.app
@@ -316,8 +318,9 @@ class SafeConsumer(faust_aiokafka.Consumer):
         read_offset = self._read_offset
         async for tp, message in super().getmany(timeout):
             yield tp, message
-            if type(message) is BatchMessage and read_offset.get(tp) == message.offset:
-                read_offset[tp] = message.last_offset
+            if read_offset.get(tp) == message.offset:  # delivered (not dropped as old)
+                last = message.last_offset if type(message) is BatchMessage else message.offset
+                read_offset[tp] = self.delivered_to[tp] = last
 
     def fetch_lag(self, tp: TP) -> int | None:
         """Records the broker has for `tp` past what was fetched; None until a fetch answers."""
@@ -338,6 +341,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
 
     async def seek(self, partition: TP, offset: int) -> None:
         self.batches.forget([partition])  # buffered records are read again from `offset`
+        self.delivered_to.pop(partition, None)
         await super().seek(partition, offset)
 
     def ack(self, message: Any) -> bool:
@@ -405,7 +409,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
         if len(acked) != len(set(acked)):  # after a move Faust can ack an offset twice
             acked[:] = sorted(set(acked))
         if not acked:
-            self._stalled_since.pop(tp, None)
+            self._heal_if_read_ahead(tp)
             return None
         committed = self._committed_offset.get(tp)
         # Only this generation's messages are in flight: the stream drops older ones after a
@@ -434,6 +438,33 @@ class SafeConsumer(faust_aiokafka.Consumer):
             acked.extend(held)
             acked.sort()
 
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        # Faust looks only at partitions with acked offsets; one whose read records were all
+        # released or dropped (a fenced batch, a batch fetched across a rebalance's seek) has
+        # none, and would wait for its next record forever: look at those too.
+        pending = set(super()._filter_tps_with_pending_acks(topics))
+        for tp in list(self.delivered_to):
+            if topics is None or tp in topics or tp.topic in topics:
+                pending.add(tp)
+        return iter(pending)
+
+    def _heal_if_read_ahead(self, tp: TP) -> None:
+        """Read records that are neither acked nor in flight: read them again (after stall_s)."""
+        read, committed = self.delivered_to.get(tp), self._committed_offset.get(tp)
+        generation = self.app.consumer_generation_id
+        if (
+            read is None
+            or committed is None
+            or read < committed
+            or any(
+                m.tp == tp and not m.acked and m.generation_id == generation
+                for m in list(self._unacked_messages)
+            )
+        ):
+            self._stalled_since.pop(tp, None)
+            return
+        self._heal(tp, committed)
+
     def _gap_covers(self, tp: TP, start: int, end: int) -> bool:
         """Whether Faust recorded [start, end) as a gap in the log (compaction), not a hole."""
         gaps = self._gap.get(tp)
@@ -460,6 +491,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         self.batches.forget()  # every partition is read again from its committed offset
+        self.delivered_to.clear()
         await super().perform_seek()
         # What the group committed before we got the partitions counts as committed too.
         for tp, offset in self._committed_offset.items():
