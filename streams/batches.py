@@ -27,6 +27,12 @@ partition, then goes ahead without it (counted in `atlas_input_idle_expired_tota
 partition that is caught up holds nothing back. Buffered records belong to the generation that
 fetched them: a rebalance or a seek drops them, and they are fetched again from the committed
 offset.
+
+**Nothing is handed over while the group rebalances.** Faust resumes the input partitions and
+seeks them before it clears the agents' queues for the new assignment: a batch handed over in
+between was dropped unseen, with its offsets read past. So while `hold()` (the app is
+rebalancing, or the seek that ends it has yet to run) input records stay buffered here, and that
+seek drops them in the same step as it moves every position (`SafeConsumer.perform_seek`).
 """
 
 from __future__ import annotations
@@ -114,6 +120,9 @@ class BatchTopic(faust.Topic):
 
 Lag = Callable[[TP], int | None]
 
+# How often a fetch returns to look whether a hold on buffered records has ended.
+HOLD_POLL_S = 0.05
+
 
 class BatchScheduler:
     """Yields one `RecordBatch` per input partition per fetch, time-ordered within a task.
@@ -121,7 +130,8 @@ class BatchScheduler:
     `groups` lists the co-partitioned input topics read as one (tasks are their partitions);
     records of any other topic pass through one by one. `lag(tp)` is how many records the
     broker has for `tp` past what was fetched (None: not known yet); `assigned()` the
-    consumer's partitions; `generation()` the group generation.
+    consumer's partitions; `generation()` the group generation; while `hold()`, input records
+    are buffered and none is released.
     """
 
     def __init__(
@@ -133,16 +143,18 @@ class BatchScheduler:
         generation: Callable[[], int],
         idle_s: float,
         max_records: int,
+        hold: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rank: dict[str, tuple[int, int]] = {}  # topic -> (group, place in the group)
         for g, topics in enumerate(groups):
             for place, topic in enumerate(topics):
                 self._rank[topic] = (g, place)
-        self._lag, self._assigned, self._generation = lag, assigned, generation
+        self._lag, self._assigned, self._generation, self._hold = lag, assigned, generation, hold
         self.idle_s, self.max_records, self._clock = idle_s, max_records, clock
         self._pending: dict[TP, deque[Any]] = {}
         self._pending_generation = -1
+        self._held = False
         self._blocked: dict[tuple[int, int], float] = {}  # task -> since when it has waited
         self._enforced: set[tuple[int, int]] = set()  # tasks that waited out idle_s
 
@@ -163,6 +175,9 @@ class BatchScheduler:
                 continue
             if items:
                 self._pending.setdefault(tp, deque()).extend(items)
+        self._held = self._hold()
+        if self._held:
+            return
         for tp, queue in self._pending.items():
             if queue:
                 tasks.add((rank[tp.topic][0], tp.partition))
@@ -187,6 +202,10 @@ class BatchScheduler:
 
     def wait_hint(self) -> float | None:
         """Seconds until the soonest waiting task may go ahead, if one is waiting."""
+        if self._held and any(self._pending.values()):
+            # Look again soon while held, and at once when the hold is over: it ends without
+            # a fetch answering.
+            return HOLD_POLL_S if self._hold() else 0.0
         waiting = [since for task, since in self._blocked.items() if task not in self._enforced]
         if not waiting:
             return None

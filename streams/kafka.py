@@ -46,6 +46,7 @@ from typing import Any, cast
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -283,9 +284,11 @@ class SafeConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.committed: dict[TP, int] = {}
-        # The last offset handed to a stream per partition, since the last seek.
+        # The first and the last offset handed to a stream per partition, since the last seek.
+        self.delivered_from: dict[TP, int] = {}
         self.delivered_to: dict[TP, int] = {}
         self._stalled_since: dict[TP, float] = {}
+        self._seeked_generation = -1  # the generation whose closing seek has run
         # The batch runtime (streams.batches): the app names its co-partitioned input groups.
         app = self.app
         groups: list[tuple[str, ...]] = getattr(app, "input_groups", list)()
@@ -297,8 +300,15 @@ class SafeConsumer(faust_aiokafka.Consumer):
             generation=lambda: int(app.consumer_generation_id),
             idle_s=(settings.input_idle_ms if settings else 0) / 1000.0,
             max_records=settings.batch_max if settings else 5000,
+            hold=self._holding,
         )
         self.scheduler = self.batches  # type: ignore[assignment]  # Faust's scheduler hook
+
+    def _holding(self) -> bool:
+        """Whether input records must stay buffered: a rebalance has yet to end with its seek."""
+        return bool(self.app.rebalancing) or (
+            self._seeked_generation != self.app.consumer_generation_id
+        )
 
     def _to_message(self, tp: TP, record: Any) -> Any:
         if type(record) is RecordBatch:
@@ -312,6 +322,10 @@ class SafeConsumer(faust_aiokafka.Consumer):
         delivered, a batch's first; left there, the next batch would look like a gap in the
         log. While a task waits for a lagging input, the fetch returns by its deadline.
         """
+        if self._seeked_generation != self.app.consumer_generation_id and not self.app.rebalancing:
+            # Faust went on without its seek (it timed out, or the rebalance was cut short).
+            self.log.warning("the rebalance ended without a seek to the committed offsets")
+            await self.perform_seek()
         hint = self.batches.wait_hint()
         if hint is not None:
             timeout = min(timeout, max(hint, 0.005))
@@ -321,6 +335,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
             if read_offset.get(tp) == message.offset:  # delivered (not dropped as old)
                 last = message.last_offset if type(message) is BatchMessage else message.offset
                 read_offset[tp] = self.delivered_to[tp] = last
+                self.delivered_from.setdefault(tp, message.offset)
 
     def fetch_lag(self, tp: TP) -> int | None:
         """Records the broker has for `tp` past what was fetched; None until a fetch answers."""
@@ -341,6 +356,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
 
     async def seek(self, partition: TP, offset: int) -> None:
         self.batches.forget([partition])  # buffered records are read again from `offset`
+        self.delivered_from.pop(partition, None)
         self.delivered_to.pop(partition, None)
         await super().seek(partition, offset)
 
@@ -420,7 +436,9 @@ class SafeConsumer(faust_aiokafka.Consumer):
             for m in list(self._unacked_messages)
             if m.tp == tp and not m.acked and m.generation_id == generation
         ]
-        head = committed if committed is not None else min(acked)
+        # Without a committed offset the head is the first offset handed over since the seek:
+        # the partition was read from there.
+        head = committed if committed is not None else self.delivered_from.get(tp, min(acked))
         lowest_acked = min(acked)
         if lowest_acked > head and not self._gap_covers(tp, head, lowest_acked):
             if not in_flight:
@@ -451,6 +469,8 @@ class SafeConsumer(faust_aiokafka.Consumer):
     def _heal_if_read_ahead(self, tp: TP) -> None:
         """Read records that are neither acked nor in flight: read them again (after stall_s)."""
         read, committed = self.delivered_to.get(tp), self._committed_offset.get(tp)
+        if committed is None:
+            committed = self.delivered_from.get(tp)
         generation = self.app.consumer_generation_id
         if (
             read is None
@@ -489,14 +509,64 @@ class SafeConsumer(faust_aiokafka.Consumer):
             self.committed.update(offsets)
         return done
 
+    async def _committed_or_start(
+        self, assigned: list[Any]
+    ) -> tuple[dict[Any, int | None], Mapping[Any, int]]:
+        """Each partition's committed offset, and where the reset policy starts those without."""
+        consumer = self._thread._ensure_consumer()
+        committed: dict[Any, int | None] = {tp: await consumer.committed(tp) for tp in assigned}
+        fresh = [tp for tp, offset in committed.items() if offset is None]
+        start: Mapping[Any, int] = {}
+        if fresh:
+            earliest = self.app.conf.consumer_auto_offset_reset == "earliest"
+            find = consumer.beginning_offsets if earliest else consumer.end_offsets
+            start = await find(fresh)
+        return committed, start
+
     async def perform_seek(self) -> None:
-        self.batches.forget()  # every partition is read again from its committed offset
+        """Faust's seek to the committed offsets at the end of a rebalance, for every partition.
+
+        Faust's clears the agents' queues for the new assignment and relies on this seek to
+        read what they held again. aiokafka's `seek_to_committed` moves only a partition whose
+        committed offset is above 0, so a partition the group never committed (a new group,
+        or a new topic) kept its position past the records just dropped. Here every assigned
+        partition moves, to its committed offset or, without one, to where the reset policy
+        starts; and the buffered records are dropped in the same step (no await between), so
+        no record fetched before the seek is handed over after it.
+        """
+        consumer = self._thread._ensure_consumer()
+        generation = self.app.consumer_generation_id
+        assigned = list(consumer.assignment())
+        # The aiokafka consumer lives on the consumer thread's loop: ask it there.
+        committed, start = await self._thread.call_thread(self._committed_or_start, assigned)
+        if generation != self.app.consumer_generation_id or set(consumer.assignment()) != set(
+            assigned
+        ):
+            return  # another rebalance came in between: its own seek follows
+        self.batches.forget()
+        self.delivered_from.clear()
         self.delivered_to.clear()
-        await super().perform_seek()
+        for tp, offset in committed.items():
+            consumer.seek(tp, offset if offset is not None else start[tp])
+        # Faust's bookkeeping, as its perform_seek keeps it.
+        self._read_offset.update(
+            {
+                ensure_TP(tp): offset if offset is not None and offset >= 0 else None
+                for tp, offset in committed.items()
+            }
+        )
+        self._committed_offset.update(
+            {
+                ensure_TP(tp): offset or None
+                for tp, offset in committed.items()
+                if offset is not None
+            }
+        )
         # What the group committed before we got the partitions counts as committed too.
         for tp, offset in self._committed_offset.items():
             if offset is not None and offset > self.committed.get(tp, -1):
                 self.committed[tp] = offset
+        self._seeked_generation = generation
 
 
 class SafeTransport(faust_aiokafka.Transport):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class Broker:
     assigned: set[TP] = field(default_factory=set)
     generation: int = 1
     now: float = 100.0
+    rebalancing: bool = False
 
     def scheduler(self, idle_s: float = 0.5, max_records: int = 1000) -> BatchScheduler:
         return BatchScheduler(
@@ -51,6 +53,7 @@ class Broker:
             generation=lambda: self.generation,
             idle_s=idle_s,
             max_records=max_records,
+            hold=lambda: self.rebalancing,
             clock=lambda: self.now,
         )
 
@@ -173,6 +176,23 @@ def test_a_new_generation_or_a_seek_drops_what_was_buffered() -> None:
     assert s.buffered == 0
 
 
+def test_nothing_is_released_while_the_group_rebalances() -> None:
+    """Faust clears the agents' queues after its seek: a batch handed over before is lost."""
+    broker = Broker(assigned=task() | {TP(CHANGELOG, 0)}, rebalancing=True)
+    s = broker.scheduler()
+    fetched = {
+        TP(PAYMENTS, 0): [record(PAYMENTS, 0, 5), record(PAYMENTS, 1, 6)],
+        TP(CHANGELOG, 0): [record(CHANGELOG, 0, 1)],
+    }
+    assert run(s, fetched) == [(CHANGELOG, [0])]  # table recovery goes on
+    assert s.buffered == 2
+    assert s.wait_hint() == pytest.approx(0.05)  # the fetch looks again soon
+    broker.rebalancing = False
+    assert s.wait_hint() == 0.0  # at once: no fetch has to answer first
+    assert run(s, {}) == [(PAYMENTS, [0, 1])]
+    assert s.wait_hint() is None
+
+
 def test_a_batch_message_stands_for_its_records() -> None:
     tp = TP(PAYMENTS, 3)
     records = [record(PAYMENTS, o, 1000 + o, partition=3) for o in (7, 8, 9)]
@@ -249,6 +269,8 @@ def test_the_read_offset_follows_a_batch_to_its_end(tmp_path: Path) -> None:
 
     import asyncio
 
+    c._seeked_generation = app.consumer_generation_id  # the rebalance ended with its seek
+
     async def drain() -> None:
         from unittest import mock
 
@@ -258,6 +280,73 @@ def test_the_read_offset_follows_a_batch_to_its_end(tmp_path: Path) -> None:
 
     asyncio.run(drain())
     assert c._read_offset[message.tp] == 24
+
+
+class Committed:
+    """Stands in for the aiokafka consumer in `perform_seek`: committed offsets and seeks."""
+
+    def __init__(self, committed: dict[Any, int | None], beginning: dict[Any, int]) -> None:
+        self._committed, self._beginning = committed, beginning
+        self.seeks: dict[Any, int] = {}
+
+    def assignment(self) -> set[Any]:
+        return set(self._committed)
+
+    async def committed(self, tp: Any) -> int | None:
+        return self._committed[tp]
+
+    async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self._beginning[tp] for tp in tps}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka's seek_to_committed skips a partition committed at 0 or never committed."""
+    app, c = consumer(tmp_path)
+    topic = app.topics_.payments.get_topic_name()
+    never, zero, seven = TP(topic, 0), TP(topic, 1), TP(topic, 2)
+    broker = Committed({never: None, zero: 0, seven: 7}, beginning={never: 3})
+    monkeypatch.setattr(c._thread, "_ensure_consumer", lambda: broker)
+
+    async def on_the_consumer_thread(fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    monkeypatch.setattr(c._thread, "call_thread", on_the_consumer_thread)
+    c.batches._pending[never] = deque([record(topic, 9, 9)])  # fetched before the seek
+    c.delivered_from[never], c.delivered_to[never] = 4, 9
+    c._seeked_generation = -1
+    assert c._holding()
+
+    import asyncio
+
+    asyncio.run(c.perform_seek())
+    assert broker.seeks == {never: 3, zero: 0, seven: 7}
+    assert c.batches.buffered == 0 and not c.delivered_to and not c.delivered_from
+    assert c._read_offset[never] is None and c._read_offset[seven] == 7
+    assert c._seeked_generation == app.consumer_generation_id
+    assert not c._holding()
+    app.rebalancing = True
+    assert c._holding()
+
+
+def test_without_a_committed_offset_the_head_is_the_first_offset_handed_over(
+    tmp_path: Path,
+) -> None:
+    """A dropped first batch holds the commit; Faust took the lowest acked offset as the head."""
+    app, c = consumer(tmp_path)
+    tp = TP(app.topics_.payments.get_topic_name(), 0)
+    c._committed_offset[tp] = None
+    c.delivered_from[tp], c.delivered_to[tp] = 0, 7
+    later = batch(app, range(4, 8))
+    c._unacked_messages.add(later)
+    c.ack(later)
+    assert c._new_offset(tp) is None  # 0..3 were handed over, never acked, not in flight
+    c.delivered_from[tp] = 4
+    assert c._new_offset(tp) == 8
 
 
 # ---- PartitionStore: bulk state in RocksDB ----------------------------------------------------

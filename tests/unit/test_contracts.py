@@ -276,3 +276,30 @@ def test_faust_rocksdb_and_memory_store_internals(tmp_path: Path) -> None:
     import rocksdict
 
     assert callable(rocksdict.WriteBatch)
+
+
+def test_faust_clears_the_agents_queues_after_its_closing_seek(app: AtlasApp) -> None:
+    """`SafeConsumer` holds input records until the rebalance has ended (`app.rebalancing`)."""
+    import faust
+    from faust.tables.recovery import Recovery
+
+    done = inspect.getsource(Recovery.on_recovery_completed)
+    order = [
+        "consumer.resume_partitions(",
+        "consumer.perform_seek()",
+        "self.app.flow_control.resume()",
+        "self.app.on_rebalance_end()",
+    ]
+    places = [done.index(step) for step in order]
+    assert places == sorted(places), "Faust changed how a rebalance ends: re-check the hold"
+    assert app.rebalancing is False
+    assert "self.rebalancing = True" in inspect.getsource(faust.App.on_rebalance_start)
+    assert "self.rebalancing = False" in inspect.getsource(faust.App.on_rebalance_end)
+    # aiokafka's own seek skips partitions committed at 0 or not at all; ours replaces it.
+    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    perform = inspect.getsource(faust_consumer.Consumer.perform_seek)
+    assert "self._read_offset" in perform and "self._committed_offset.update" in perform
+    # The aiokafka consumer runs on the consumer thread's own loop; calls into it go through there.
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    assert "self.call_thread(" in inspect.getsource(thread.seek_to_committed)
+    assert callable(thread._ensure_consumer)
