@@ -273,6 +273,11 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "broker_rebalance_timeout": settings.kafka_rebalance_timeout_s,
         "broker_request_timeout": settings.kafka_request_timeout_s,
         "broker_commit_interval": settings.kafka_commit_interval_s,
+        # Counted in batches (`SafeConsumer._ack_batch`), so commits come from the interval, in
+        # Faust's commit task. A commit waits for Kafka to acknowledge every record sent
+        # before it; one that Faust's fetch loop starts by count (every `broker_commit_every`
+        # acks) holds back the next batches' delivery for that long.
+        "broker_commit_every": 10_000,
         "consumer_metadata_max_age_ms": int(settings.kafka_metadata_max_age_s * 1000),
         "web_enabled": True,
         "web_bind": settings.web_bind,

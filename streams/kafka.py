@@ -25,7 +25,9 @@ Which Kafka errors are which (the producer's, the agents' and the commit's):
   about the record, only that the cluster was briefly unable to take it. The producer is
   idempotent (`enable_idempotence`, acks=all), so aiokafka retries them itself and the broker
   drops a retry's duplicate by its sequence number; the commit gate (`flush`) waits for the
-  outcome. An agent whose batch raised one runs the same batch again with backoff
+  outcome. A record batch that aiokafka could not take in time (no metadata, no room) is
+  handed over again by the producer's own appender, with backoff (`SafeProducer._append`);
+  an agent whose batch raised one runs the same batch again with backoff
   (`streams.agents`): dedup makes a re-run re-send effects, never re-apply a change.
 - **Fatal**: everything else, and a retriable error that outlived the delivery timeout
   (`kafka_delivery_timeout_s`, aiokafka's batch life). A record too large, an unknown or
@@ -41,9 +43,11 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
+import backoff
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 from faust.transport.consumer import ensure_TP
@@ -56,6 +60,7 @@ from murmurhash2 import murmurhash2 as _murmurhash2
 
 from streams.batches import BatchMessage, BatchScheduler, RecordBatch
 from streams.metrics import MESSAGES_PRODUCED
+from streams.resilience import RETRIES
 
 SCHEME = "atlas-kafka"
 
@@ -76,6 +81,21 @@ def retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
+# How many record batches (each at most producer_max_batch_size) may wait to be appended.
+APPEND_QUEUE = 64
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A record batch on its way into aiokafka, and the future `flush` waits on for it."""
+
+    topic: str
+    partition: int
+    batch: Any
+    then: Callable[[asyncio.Future[Any]], None] | None = None
+    outstanding: asyncio.Future[Any] = field(init=False)
+
+
 class SafeProducer(faust_aiokafka.Producer):
     # How often `untracked` may ask for fresh metadata while topics are missing from it.
     refresh_every_s: float = 1.0
@@ -86,6 +106,9 @@ class SafeProducer(faust_aiokafka.Producer):
         self._failure: BaseException | None = None
         self._partition_counts: dict[str, int] = {}
         self._refreshed_at = -math.inf
+        # Record batches waiting to be appended to aiokafka, in order (`send_many`).
+        self._appends: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=APPEND_QUEUE)
+        self._appender: asyncio.Future[None] | None = None
         # A record is settled within the delivery timeout (aiokafka's request timeout bounds a
         # batch's life); the margin covers its last request.
         self.flush_timeout_s = float(self.request_timeout) + 30.0
@@ -182,14 +205,20 @@ class SafeProducer(faust_aiokafka.Producer):
         partition: int | None = None,
         on_delivered: Callable[[int], None] | None = None,
     ) -> None:
-        """Hand records straight to aiokafka, one batch per partition.
+        """Hand records to aiokafka in bulk, one record batch per partition, in order.
 
         The bulk path for a batch's outputs and changelog records: Faust's per-record send
         path (a buffer, a future and a callback chain per record) is most of the cost of an
         output record. Records go to `partition`, or to their key's murmur2 partition.
         `on_delivered(offset)` is called with the offset of the last record once Kafka has
-        acknowledged them all (a partition's batches are acknowledged in order). Each batch is
-        tracked like any other send, so `flush` (and with it the commit) waits for it.
+        acknowledged them all (a partition's batches are acknowledged in order).
+
+        It returns once the batches are queued, not appended: aiokafka takes a partition's
+        next batch only after the previous one left in a request, and an agent that waited for
+        that would wait a broker round trip per batch. One task appends them in the order they
+        came (`_append_in_order`), so a partition's records keep their order; a full queue
+        makes the caller wait (backpressure). Each batch is tracked from the moment it is
+        queued, so `flush` (and with it the commit) waits for it.
         """
         if not records:
             return
@@ -214,26 +243,81 @@ class SafeProducer(faust_aiokafka.Producer):
             for key, value, headers in items:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers or []):
                     continue
-                await self._send_batch(producer, batch, topic, number)
+                await self._queue_batch(_Queued(topic, number, batch))
                 batch = producer.create_batch()  # takes its first record whatever its size
                 batch.append(key=key, value=value, timestamp=None, headers=headers or [])
-            last = await self._send_batch(producer, batch, topic, number)
+            last = _Queued(topic, number, batch)
             if on_delivered is not None:
-                last.add_done_callback(partial(_delivered, batch.record_count(), on_delivered))
+                last.then = partial(_delivered, batch.record_count(), on_delivered)
+            await self._queue_batch(last)
 
-    async def _send_batch(
-        self, producer: Any, batch: Any, topic: str, partition: int
-    ) -> asyncio.Future[Any]:
-        outstanding: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._track(outstanding)
+    async def _queue_batch(self, item: _Queued) -> None:
+        item.outstanding = asyncio.get_running_loop().create_future()
+        self._track(item.outstanding)
         try:
-            delivery = await producer.send_batch(batch, topic, partition=partition)
+            await self._appends.put(item)
         except BaseException as exc:
-            if not outstanding.done():
-                outstanding.set_exception(exc)
+            if not item.outstanding.done():
+                item.outstanding.set_exception(exc)
             raise
-        delivery.add_done_callback(lambda f: _settle(outstanding, f))
-        return cast("asyncio.Future[Any]", delivery)
+        if self._appender is None or self._appender.done():
+            self._appender = asyncio.ensure_future(self._append_in_order())
+
+    async def _append_in_order(self) -> None:
+        """Append the queued batches to aiokafka, one after the other."""
+        queue = self._appends
+        while True:
+            item = await queue.get()
+            outstanding = item.outstanding
+            try:
+                delivery = await self._append(item)
+            except asyncio.CancelledError:
+                if not outstanding.done():
+                    outstanding.cancel()
+                raise
+            except BaseException as exc:  # lost: `flush` refuses this and every later commit
+                if not outstanding.done():
+                    outstanding.set_exception(exc)
+                continue
+            finally:
+                queue.task_done()
+            delivery.add_done_callback(partial(_settle, outstanding))
+            if item.then is not None:
+                delivery.add_done_callback(item.then)
+
+    async def appended(self) -> None:
+        """Return once every batch queued so far is in aiokafka's hands."""
+        await self._appends.join()
+
+    async def _append(self, item: _Queued) -> asyncio.Future[Any]:
+        """aiokafka's `send_batch`, again with backoff while Kafka is in a transition.
+
+        It fails before the batch is taken (metadata, or room, not there in time), so the
+        same batch can be handed over again; the agents' retry would run the whole batch.
+        """
+
+        @backoff.on_exception(
+            backoff.expo,
+            Exception,
+            giveup=lambda exc: not retriable(exc),
+            max_time=float(self.request_timeout),
+            jitter=backoff.full_jitter,
+            factor=0.1,
+            max_value=5.0,
+            logger=None,
+            on_backoff=lambda details: RETRIES.labels("kafka").inc(),
+        )
+        async def attempt() -> asyncio.Future[Any]:
+            producer = self._ensure_producer()
+            delivery = await producer.send_batch(item.batch, item.topic, partition=item.partition)
+            return cast("asyncio.Future[Any]", delivery)
+
+        return await attempt()
+
+    async def on_stop(self) -> None:
+        if self._appender is not None:
+            self._appender.cancel()
+        await super().on_stop()
 
     async def flush(self) -> None:
         # Everything handed over before this point belongs to events acked before the commit
@@ -396,7 +480,8 @@ class SafeConsumer(faust_aiokafka.Consumer):
                         acked.append(offset)
                         n += 1
                 self._unacked_messages.discard(message)
-                self._n_acked += n
+                # Faust's commit-every counts acks; a batch counts once (`faust_options`).
+                self._n_acked += 1 if n else 0
                 return n > 0
             finally:
                 notify(self._waiting_for_ack)

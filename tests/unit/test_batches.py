@@ -230,10 +230,10 @@ def test_a_batch_ack_records_every_offset_once(tmp_path: Path) -> None:
     c._unacked_messages.add(message)
     assert c.ack(message) is True
     assert c._acked[message.tp] == [10, 11, 12, 13, 14]
-    assert c._n_acked == 5
+    assert c._n_acked == 1  # Faust's commit-every counts batches
     assert message not in c._unacked_messages
     assert c.ack(message) is False  # once
-    assert c._n_acked == 5
+    assert c._n_acked == 1
 
 
 def test_a_stale_generation_batch_is_released_never_recorded(tmp_path: Path) -> None:

@@ -134,6 +134,14 @@ async def test_aiokafka_producer_internals() -> None:
     finally:
         await producer.stop()
     assert "_drain_waiter" in inspect.getsource(MessageBatch.__init__)
+    # `SafeProducer._append` hands a refused batch over again: aiokafka takes a batch only at
+    # the end of `send_batch` (its waits for metadata and for room come first), and one batch
+    # of a partition at a time (the next waits until the last left in a request).
+    send_batch = inspect.getsource(AIOKafkaProducer.send_batch)
+    assert send_batch.index("_wait_on_metadata") < send_batch.index("add_batch(")
+    add_batch = inspect.getsource(MessageAccumulator.add_batch)
+    assert "await pending[-1].wait_drain(" in add_batch
+    assert add_batch.index("raise KafkaTimeoutError()") > add_batch.index("self._append_batch(")
     # Only a producer without a transaction manager expires a batch Kafka refused retriably.
     retry_rule = inspect.getsource(SendProduceReqHandler._can_retry)
     assert "self._sender._txn_manager is None and batch.expired()" in retry_rule

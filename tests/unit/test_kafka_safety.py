@@ -189,6 +189,9 @@ class BatchingKafka:
         self.builder = lambda: BatchBuilder(max_batch_size, 0, is_transactional=False)
         self.sent: list[tuple[str, int, Any]] = []
         self.pending: list[asyncio.Future[Any]] = []
+        self.refusals: list[BaseException] = []  # raised by the next send_batch calls
+        self.room = asyncio.Event()  # cleared: send_batch waits (the partition's last batch
+        self.room.set()  # has not left yet)
 
     def create_batch(self) -> Any:
         return self.builder()
@@ -197,6 +200,9 @@ class BatchingKafka:
         return {0, 1, 2, 3}
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        await self.room.wait()
+        if self.refusals:
+            raise self.refusals.pop(0)
         self.sent.append((topic, partition, batch))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append(fut)
@@ -219,6 +225,7 @@ async def test_send_many_batches_by_partition_and_flush_waits_for_every_batch(
         mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
     ):
         await producer.send_many("outcomes", records(40))
+        await producer.appended()
         expected = {partition_for(k, 4) for k, _, _ in records(40)}
         assert {p for _, p, _ in kafka.sent} == expected  # one batch per partition
         assert len(kafka.sent) == len(expected)
@@ -238,6 +245,7 @@ async def test_a_failed_batch_refuses_this_and_every_later_commit(app: AtlasApp)
         mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
     ):
         await producer.send_many("outcomes", records(30, size=40), partitions=1)
+        await producer.appended()
         assert len(kafka.sent) > 1  # a full batch went out and a new one was started
         kafka.pending[0].set_exception(RuntimeError("NotLeaderForPartition"))
         for fut in kafka.pending[1:]:
@@ -246,3 +254,94 @@ async def test_a_failed_batch_refuses_this_and_every_later_commit(app: AtlasApp)
             await producer.flush()
         with pytest.raises(ProducerSendError):  # sticky
             await producer.flush()
+
+
+async def test_send_many_returns_before_aiokafka_takes_the_batches_and_keeps_their_order(
+    app: AtlasApp,
+) -> None:
+    """An agent does not wait a broker round trip per batch; a partition's order stays."""
+    kafka = BatchingKafka(max_batch_size=200)
+    kafka.room.clear()  # aiokafka still holds the partition's previous batch
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await asyncio.wait_for(producer.send_many("log", records(10, size=40), partitions=1), 1)
+        await asyncio.wait_for(producer.send_many("log", records(3, size=41), partitions=1), 1)
+        assert kafka.sent == [] and producer.outstanding > 2
+        flush = asyncio.create_task(producer.flush())
+        await asyncio.sleep(0.02)
+        assert not flush.done(), "flush returned with batches not yet handed to aiokafka"
+        kafka.room.set()
+        await producer.appended()
+        values = [r.value for _, _, b in kafka.sent for r in _records_of(b)]
+        assert values == [b"v" * 40] * 10 + [b"v" * 41] * 3
+        for fut in kafka.pending:
+            fut.set_result(None)
+        await asyncio.wait_for(flush, 1)
+
+
+async def test_a_full_send_queue_makes_the_sender_wait(
+    app: AtlasApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = BatchingKafka(max_batch_size=200)  # two or three records a batch
+    kafka.room.clear()
+    producer = app.producer
+    monkeypatch.setattr(producer, "_appends", asyncio.Queue(maxsize=2))
+    with mock.patch.object(producer, "_ensure_producer", return_value=kafka):
+        send = asyncio.create_task(producer.send_many("log", records(30, size=40), partitions=1))
+        await asyncio.sleep(0.02)
+        assert not send.done(), "the queue took more batches than it has room for"
+        kafka.room.set()
+        await asyncio.wait_for(send, 1)
+        await producer.appended()
+        assert sum(b.record_count() for _, _, b in kafka.sent) == 30
+
+
+async def test_a_retriable_refusal_hands_the_same_batch_over_again(app: AtlasApp) -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    kafka = BatchingKafka()
+    kafka.refusals = [KafkaTimeoutError()]  # no room in aiokafka's buffer in time
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await producer.send_many("log", records(5), partitions=1)
+        await asyncio.wait_for(producer.appended(), 5)
+        assert not kafka.refusals and len(kafka.sent) == 1
+        assert kafka.sent[0][2].record_count() == 5
+        kafka.pending[0].set_result(None)
+        await asyncio.wait_for(producer.flush(), 1)
+
+
+async def test_a_fatal_refusal_loses_the_batch_and_refuses_every_later_commit(
+    app: AtlasApp,
+) -> None:
+    from aiokafka.errors import RecordTooLargeError
+
+    kafka = BatchingKafka()
+    kafka.refusals = [RecordTooLargeError()]
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await producer.send_many("log", records(5), partitions=1)
+        await producer.send_many("log", records(2), partitions=1)  # appended after it
+        await asyncio.wait_for(producer.appended(), 1)
+        assert len(kafka.sent) == 1
+        kafka.pending[0].set_result(None)
+        with pytest.raises(ProducerSendError):
+            await producer.flush()
+        with pytest.raises(ProducerSendError):  # sticky
+            await producer.flush()
+
+
+def _records_of(batch: Any) -> list[Any]:
+    """The records in an aiokafka batch builder, read back as the consumer would."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    return list(DefaultRecordBatch(bytes(batch._build())))
