@@ -40,6 +40,7 @@ Which Kafka errors are which (the producer's, the agents' and the commit's):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,8 +49,14 @@ from functools import partial
 from typing import Any, cast
 
 import backoff
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from faust.exceptions import ProducerSendError
+from faust.tables.recovery import RebalanceAgain
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -252,30 +259,45 @@ class SafeProducer(faust_aiokafka.Producer):
             await self._queue_batch(last)
 
     async def _queue_batch(self, item: _Queued) -> None:
+        failure = self._failure
+        if failure is not None:
+            # Sticky: nothing after a lost record may be sent, and the caller must stop. Not
+            # retriable (no cause attached): retrying cannot bring the lost record back.
+            raise ProducerSendError(f"an earlier produce failed: {failure!r}")
         item.outstanding = asyncio.get_running_loop().create_future()
         self._track(item.outstanding)
+        if self._appender is None or self._appender.done():
+            self._appender = asyncio.ensure_future(self._append_in_order())
         try:
             await self._appends.put(item)
         except BaseException as exc:
             if not item.outstanding.done():
                 item.outstanding.set_exception(exc)
             raise
-        if self._appender is None or self._appender.done():
-            self._appender = asyncio.ensure_future(self._append_in_order())
 
     async def _append_in_order(self) -> None:
-        """Append the queued batches to aiokafka, one after the other."""
+        """Append the queued batches to aiokafka, one after the other.
+
+        After a batch is lost, none behind it is appended: each fails in its turn, so no
+        later delivery reports a changelog partition persisted past the lost batch.
+        """
         queue = self._appends
         while True:
             item = await queue.get()
             outstanding = item.outstanding
             try:
+                if self._failure is not None:
+                    raise ProducerSendError(f"an earlier produce failed: {self._failure!r}")
                 delivery = await self._append(item)
-            except asyncio.CancelledError:
-                if not outstanding.done():
-                    outstanding.cancel()
-                raise
-            except BaseException as exc:  # lost: `flush` refuses this and every later commit
+            except BaseException as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                    if not outstanding.done():
+                        outstanding.cancel()
+                    raise  # the producer stops
+                # Lost: `flush` refuses this and every later commit.
+                if self._failure is None:
+                    self._failure = exc
                 if not outstanding.done():
                     outstanding.set_exception(exc)
                 continue
@@ -315,7 +337,13 @@ class SafeProducer(faust_aiokafka.Producer):
         return await attempt()
 
     async def on_stop(self) -> None:
-        if self._appender is not None:
+        # Faust flushed before stopping the producer; what is still queued goes to aiokafka
+        # (which delivers it as it stops), within the flush timeout.
+        if self._appender is not None and not self._appender.done():
+            try:
+                await asyncio.wait_for(self.appended(), min(self.flush_timeout_s, 10.0))
+            except TimeoutError:
+                self.log.warning("stopping with record batches not handed to aiokafka")
             self._appender.cancel()
         await super().on_stop()
 
@@ -383,7 +411,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
             assigned=self._assigned_now,
             generation=lambda: int(app.consumer_generation_id),
             idle_s=(settings.input_idle_ms if settings else 0) / 1000.0,
-            max_records=settings.batch_max if settings else 5000,
+            max_records=settings.batch_max if settings else 10_000,
             hold=self._holding,
         )
         self.scheduler = self.batches  # type: ignore[assignment]  # Faust's scheduler hook
@@ -406,10 +434,16 @@ class SafeConsumer(faust_aiokafka.Consumer):
         delivered, a batch's first; left there, the next batch would look like a gap in the
         log. While a task waits for a lagging input, the fetch returns by its deadline.
         """
-        if self._seeked_generation != self.app.consumer_generation_id and not self.app.rebalancing:
+        app = self.app
+        if (
+            self._seeked_generation != app.consumer_generation_id
+            and not app.rebalancing
+            and not app.in_recovery
+        ):
             # Faust went on without its seek (it timed out, or the rebalance was cut short).
             self.log.warning("the rebalance ended without a seek to the committed offsets")
-            await self.perform_seek()
+            with contextlib.suppress(RebalanceAgain):  # the new rebalance's recovery seeks
+                await self.perform_seek()
         hint = self.batches.wait_hint()
         if hint is not None:
             timeout = min(timeout, max(hint, 0.005))
@@ -621,18 +655,23 @@ class SafeConsumer(faust_aiokafka.Consumer):
         """
         consumer = self._thread._ensure_consumer()
         generation = self.app.consumer_generation_id
-        assigned = list(consumer.assignment())
+        changelogs = self.app.tables.changelog_topics  # Faust's recovery places those
+        assigned = [tp for tp in consumer.assignment() if tp.topic not in changelogs]
         # The aiokafka consumer lives on the consumer thread's loop: ask it there.
         committed, start = await self._thread.call_thread(self._committed_or_start, assigned)
-        if generation != self.app.consumer_generation_id or set(consumer.assignment()) != set(
-            assigned
-        ):
-            return  # another rebalance came in between: its own seek follows
+        now_assigned = {tp for tp in consumer.assignment() if tp.topic not in changelogs}
+        if generation != self.app.consumer_generation_id or now_assigned != set(assigned):
+            # Another rebalance came in between. Faust's recovery starts again on this (it
+            # must not go on to end the rebalance), and the new one's seek follows.
+            raise RebalanceAgain()
         self.batches.forget()
         self.delivered_from.clear()
         self.delivered_to.clear()
-        for tp, offset in committed.items():
-            consumer.seek(tp, offset if offset is not None else start[tp])
+        try:
+            for tp, offset in committed.items():
+                consumer.seek(tp, offset if offset is not None else start[tp])
+        except IllegalStateError as exc:  # the assignment moved under the seek
+            raise RebalanceAgain() from exc
         # Faust's bookkeeping, as its perform_seek keeps it.
         self._read_offset.update(
             {

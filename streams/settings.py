@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     dedup_window: int = Field(default=32, ge=1)
     dedup_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     # The most records in one agent batch (one partition's records of one fetch: streams.batches).
-    batch_max: int = Field(default=5000, ge=1)
+    # Above what one fetch brings per partition (1 MiB, about 5,000 payments), so a fetch is not
+    # cut into a full batch and a small one: every batch writes each account it touches once.
+    batch_max: int = Field(default=10_000, ge=1)
     # How long a task (one partition of the co-partitioned inputs) waits for an input partition
     # that has records on the broker but none fetched, before going ahead in time order without it.
     input_idle_ms: int = Field(default=500, ge=0)

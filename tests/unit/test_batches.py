@@ -309,7 +309,8 @@ def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
     app, c = consumer(tmp_path)
     topic = app.topics_.payments.get_topic_name()
     never, zero, seven = TP(topic, 0), TP(topic, 1), TP(topic, 2)
-    broker = Committed({never: None, zero: 0, seven: 7}, beginning={never: 3})
+    changelog = TP(app.ledger_tables.accounts.changelog_topic.get_topic_name(), 0)
+    broker = Committed({never: None, zero: 0, seven: 7, changelog: None}, beginning={never: 3})
     monkeypatch.setattr(c._thread, "_ensure_consumer", lambda: broker)
 
     async def on_the_consumer_thread(fun: Any, *args: Any) -> Any:
@@ -324,7 +325,7 @@ def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
     import asyncio
 
     asyncio.run(c.perform_seek())
-    assert broker.seeks == {never: 3, zero: 0, seven: 7}
+    assert broker.seeks == {never: 3, zero: 0, seven: 7}  # a changelog is recovery's to place
     assert c.batches.buffered == 0 and not c.delivered_to and not c.delivered_from
     assert c._read_offset[never] is None and c._read_offset[seven] == 7
     assert c._seeked_generation == app.consumer_generation_id
@@ -374,3 +375,27 @@ def test_the_memory_store_takes_the_same_writes(tmp_path: Path) -> None:
     store.write(1, [(b"acc-1", orjson.dumps({"balance": 5}))])
     assert table.get(b"acc-1") == {"balance": 5}
     assert store.get(1, b"acc-1") == {"balance": 5}
+
+
+async def test_a_rebalance_during_the_closing_seek_starts_faust_s_recovery_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Returning would let Faust end the rebalance (and lift the hold) for a newer generation."""
+    from faust.tables.recovery import RebalanceAgain
+
+    app, c = consumer(tmp_path)
+    tp = TP(app.topics_.payments.get_topic_name(), 0)
+    broker = Committed({tp: 5}, beginning={})
+    monkeypatch.setattr(c._thread, "_ensure_consumer", lambda: broker)
+
+    async def lookup_meets_a_rebalance(fun: Any, *args: Any) -> Any:
+        result = await fun(*args)
+        app.consumer_generation_id += 1  # a new generation while the lookup was out
+        return result
+
+    monkeypatch.setattr(c._thread, "call_thread", lookup_meets_a_rebalance)
+    c.batches._pending[tp] = deque([record(tp.topic, 9, 9)])
+    with pytest.raises(RebalanceAgain):
+        await c.perform_seek()
+    assert broker.seeks == {} and c.batches.buffered == 1
+    assert c._holding()

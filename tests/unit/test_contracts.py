@@ -307,6 +307,9 @@ def test_faust_clears_the_agents_queues_after_its_closing_seek(app: AtlasApp) ->
     assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
     perform = inspect.getsource(faust_consumer.Consumer.perform_seek)
     assert "self._read_offset" in perform and "self._committed_offset.update" in perform
+    # The closing seek leaves changelogs to recovery, and restarts it when a rebalance came in.
+    assert isinstance(app.tables.changelog_topics, set) and app.in_recovery is False
+    assert "except RebalanceAgain" in inspect.getsource(Recovery._restart_recovery.fun)
     # The aiokafka consumer runs on the consumer thread's own loop; calls into it go through there.
     thread = faust_aiokafka.AIOKafkaConsumerThread
     assert "self.call_thread(" in inspect.getsource(thread.seek_to_committed)

@@ -21,7 +21,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from streams.app import AtlasApp
-from streams.kafka import SafeConsumer, SafeProducer
+from streams.kafka import SafeConsumer, SafeProducer, retriable
 
 TOPIC_PARTITION = TP("atlas.payments.v1", 0)
 
@@ -329,15 +329,20 @@ async def test_a_fatal_refusal_loses_the_batch_and_refuses_every_later_commit(
         mock.patch.object(producer, "_ensure_producer", return_value=kafka),
         mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
     ):
+        delivered: list[int] = []
         await producer.send_many("log", records(5), partitions=1)
-        await producer.send_many("log", records(2), partitions=1)  # appended after it
+        await producer.send_many("log", records(2), partitions=1, on_delivered=delivered.append)
         await asyncio.wait_for(producer.appended(), 1)
-        assert len(kafka.sent) == 1
-        kafka.pending[0].set_result(None)
+        # Nothing behind the lost batch goes out: no later ack may report the partition
+        # persisted past it.
+        assert kafka.sent == [] and delivered == []
         with pytest.raises(ProducerSendError):
             await producer.flush()
         with pytest.raises(ProducerSendError):  # sticky
             await producer.flush()
+        with pytest.raises(ProducerSendError) as refused:  # and the sender learns it at once
+            await producer.send_many("log", records(1), partitions=1)
+        assert not retriable(refused.value)
 
 
 def _records_of(batch: Any) -> list[Any]:
@@ -345,3 +350,19 @@ def _records_of(batch: Any) -> list[Any]:
     from aiokafka.record.default_records import DefaultRecordBatch
 
     return list(DefaultRecordBatch(bytes(batch._build())))
+
+
+async def test_a_cancelled_wait_inside_aiokafka_does_not_stop_the_appender(app: AtlasApp) -> None:
+    """Only the appender's own cancellation ends it; a batch whose append was cancelled is lost."""
+    kafka = BatchingKafka()
+    kafka.refusals = [asyncio.CancelledError()]  # e.g. a drain waiter cancelled as aiokafka closes
+    producer = app.producer
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        await producer.send_many("log", records(5), partitions=1)
+        await asyncio.wait_for(producer.appended(), 1)
+        assert producer._appender is not None and not producer._appender.done()
+        with pytest.raises(ProducerSendError):
+            await producer.flush()
