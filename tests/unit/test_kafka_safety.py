@@ -10,6 +10,7 @@ this generation that is still in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -209,6 +210,16 @@ class BatchingKafka:
         return fut
 
 
+@contextlib.contextmanager
+def over(kafka: BatchingKafka, producer: Any) -> Iterator[None]:
+    """`producer` on top of the fake aiokafka producer (Faust's own flush left out)."""
+    with (
+        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
+        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
+    ):
+        yield
+
+
 def records(n: int, size: int = 10) -> list[tuple[bytes, bytes, None]]:
     return [(f"key-{i}".encode(), b"v" * size, None) for i in range(n)]
 
@@ -220,10 +231,7 @@ async def test_send_many_batches_by_partition_and_flush_waits_for_every_batch(
 
     kafka = BatchingKafka()
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         await producer.send_many("outcomes", records(40))
         await producer.appended()
         expected = {partition_for(k, 4) for k, _, _ in records(40)}
@@ -240,10 +248,7 @@ async def test_send_many_batches_by_partition_and_flush_waits_for_every_batch(
 async def test_a_failed_batch_refuses_this_and_every_later_commit(app: AtlasApp) -> None:
     kafka = BatchingKafka(max_batch_size=200)  # a few records per batch: several batches
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         await producer.send_many("outcomes", records(30, size=40), partitions=1)
         await producer.appended()
         assert len(kafka.sent) > 1  # a full batch went out and a new one was started
@@ -263,10 +268,7 @@ async def test_send_many_returns_before_aiokafka_takes_the_batches_and_keeps_the
     kafka = BatchingKafka(max_batch_size=200)
     kafka.room.clear()  # aiokafka still holds the partition's previous batch
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         await asyncio.wait_for(producer.send_many("log", records(10, size=40), partitions=1), 1)
         await asyncio.wait_for(producer.send_many("log", records(3, size=41), partitions=1), 1)
         assert kafka.sent == [] and producer.outstanding > 2
@@ -305,10 +307,7 @@ async def test_a_retriable_refusal_hands_the_same_batch_over_again(app: AtlasApp
     kafka = BatchingKafka()
     kafka.refusals = [KafkaTimeoutError()]  # no room in aiokafka's buffer in time
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         await producer.send_many("log", records(5), partitions=1)
         await asyncio.wait_for(producer.appended(), 5)
         assert not kafka.refusals and len(kafka.sent) == 1
@@ -325,10 +324,7 @@ async def test_a_fatal_refusal_loses_the_batch_and_refuses_every_later_commit(
     kafka = BatchingKafka()
     kafka.refusals = [RecordTooLargeError()]
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         delivered: list[int] = []
         await producer.send_many("log", records(5), partitions=1)
         await producer.send_many("log", records(2), partitions=1, on_delivered=delivered.append)
@@ -357,10 +353,7 @@ async def test_a_cancelled_wait_inside_aiokafka_does_not_stop_the_appender(app: 
     kafka = BatchingKafka()
     kafka.refusals = [asyncio.CancelledError()]  # e.g. a drain waiter cancelled as aiokafka closes
     producer = app.producer
-    with (
-        mock.patch.object(producer, "_ensure_producer", return_value=kafka),
-        mock.patch.object(faust_aiokafka.Producer, "flush", mock.AsyncMock()),
-    ):
+    with over(kafka, producer):
         await producer.send_many("log", records(5), partitions=1)
         await asyncio.wait_for(producer.appended(), 1)
         assert producer._appender is not None and not producer._appender.done()
