@@ -171,7 +171,11 @@ class LedgerProcessor:
             archive.write(partition, writes)
         failpoints.reach("ledger.state-written")
         # 2. the same bytes to the changelogs, then the effects, after the state they follow.
+        # First the last batch's sends must be in aiokafka's hands: this batch was folded
+        # while they waited for their request, and under a trickle of input the wait lets the
+        # next batch grow instead of sending a request per record.
         producer = self.topics.outcomes.app.producer
+        await producer.appended()
         for partition, writes in state.items():
             await accounts.send_changelog(producer, partition, writes, _changelog_acked)
         for partition, writes in segments.items():

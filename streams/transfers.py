@@ -62,6 +62,7 @@ class TransfersProcessor:
         producer = self.tables.transfers.app.producer
         for partition, items in writes.items():
             store.write(partition, items)
+        await producer.appended()  # the last batch's sends first (as the ledger does)
         for partition, items in writes.items():
             await store.send_changelog(producer, partition, items)
         BATCH_SIZE.labels("transfers").observe(len(records))
