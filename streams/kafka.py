@@ -119,6 +119,17 @@ class SafeProducer(faust_aiokafka.Producer):
         # A record is settled within the delivery timeout (aiokafka's request timeout bounds a
         # batch's life); the margin covers its last request.
         self.flush_timeout_s = float(self.request_timeout) + 30.0
+        self._append = backoff.on_exception(
+            backoff.expo,
+            Exception,
+            giveup=lambda exc: not retriable(exc),
+            max_time=float(self.request_timeout),
+            jitter=backoff.full_jitter,
+            factor=0.1,
+            max_value=5.0,
+            logger=None,
+            on_backoff=lambda details: RETRIES.labels("kafka").inc(),
+        )(self._append_once)
 
     def _settings_extra(self) -> Mapping[str, Any]:
         # Idempotent: aiokafka retries a retriable refusal for as long as the batch lives
@@ -311,30 +322,15 @@ class SafeProducer(faust_aiokafka.Producer):
         """Return once every batch queued so far is in aiokafka's hands."""
         await self._appends.join()
 
-    async def _append(self, item: _Queued) -> asyncio.Future[Any]:
-        """aiokafka's `send_batch`, again with backoff while Kafka is in a transition.
+    async def _append_once(self, item: _Queued) -> asyncio.Future[Any]:
+        """aiokafka's `send_batch` (`_append` retries it while Kafka is in a transition).
 
         It fails before the batch is taken (metadata, or room, not there in time), so the
         same batch can be handed over again; the agents' retry would run the whole batch.
         """
-
-        @backoff.on_exception(
-            backoff.expo,
-            Exception,
-            giveup=lambda exc: not retriable(exc),
-            max_time=float(self.request_timeout),
-            jitter=backoff.full_jitter,
-            factor=0.1,
-            max_value=5.0,
-            logger=None,
-            on_backoff=lambda details: RETRIES.labels("kafka").inc(),
-        )
-        async def attempt() -> asyncio.Future[Any]:
-            producer = self._ensure_producer()
-            delivery = await producer.send_batch(item.batch, item.topic, partition=item.partition)
-            return cast("asyncio.Future[Any]", delivery)
-
-        return await attempt()
+        producer = self._ensure_producer()
+        delivery = await producer.send_batch(item.batch, item.topic, partition=item.partition)
+        return cast("asyncio.Future[Any]", delivery)
 
     async def on_stop(self) -> None:
         # Faust flushed before stopping the producer; what is still queued goes to aiokafka
@@ -396,8 +392,8 @@ class SafeConsumer(faust_aiokafka.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.committed: dict[TP, int] = {}
-        # The first and the last offset handed to a stream per partition, since the last seek.
-        self.delivered_from: dict[TP, int] = {}
+        # Where each partition was last seeked to, and the last offset handed to a stream since.
+        self.seeked_to: dict[TP, int] = {}
         self.delivered_to: dict[TP, int] = {}
         self._stalled_since: dict[TP, float] = {}
         self._seeked_generation = -1  # the generation whose closing seek has run
@@ -418,9 +414,11 @@ class SafeConsumer(faust_aiokafka.Consumer):
 
     def _holding(self) -> bool:
         """Whether input records must stay buffered: a rebalance has yet to end with its seek."""
-        return bool(self.app.rebalancing) or (
-            self._seeked_generation != self.app.consumer_generation_id
-        )
+        return bool(self.app.rebalancing) or self._seek_pending()
+
+    def _seek_pending(self) -> bool:
+        """Whether this generation's closing seek (`perform_seek`) has yet to run."""
+        return self._seeked_generation != self.app.consumer_generation_id
 
     def _to_message(self, tp: TP, record: Any) -> Any:
         if type(record) is RecordBatch:
@@ -435,11 +433,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
         log. While a task waits for a lagging input, the fetch returns by its deadline.
         """
         app = self.app
-        if (
-            self._seeked_generation != app.consumer_generation_id
-            and not app.rebalancing
-            and not app.in_recovery
-        ):
+        if self._seek_pending() and not app.rebalancing and not app.in_recovery:
             # Faust went on without its seek (it timed out, or the rebalance was cut short).
             self.log.warning("the rebalance ended without a seek to the committed offsets")
             with contextlib.suppress(RebalanceAgain):  # the new rebalance's recovery seeks
@@ -453,7 +447,6 @@ class SafeConsumer(faust_aiokafka.Consumer):
             if read_offset.get(tp) == message.offset:  # delivered (not dropped as old)
                 last = message.last_offset if type(message) is BatchMessage else message.offset
                 read_offset[tp] = self.delivered_to[tp] = last
-                self.delivered_from.setdefault(tp, message.offset)
 
     def fetch_lag(self, tp: TP) -> int | None:
         """Records the broker has for `tp` past what was fetched; None until a fetch answers."""
@@ -474,7 +467,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
 
     async def seek(self, partition: TP, offset: int) -> None:
         self.batches.forget([partition])  # buffered records are read again from `offset`
-        self.delivered_from.pop(partition, None)
+        self.seeked_to[partition] = offset
         self.delivered_to.pop(partition, None)
         await super().seek(partition, offset)
 
@@ -555,9 +548,9 @@ class SafeConsumer(faust_aiokafka.Consumer):
             for m in list(self._unacked_messages)
             if m.tp == tp and not m.acked and m.generation_id == generation
         ]
-        # Without a committed offset the head is the first offset handed over since the seek:
-        # the partition was read from there.
-        head = committed if committed is not None else self.delivered_from.get(tp, min(acked))
+        # Without a committed offset the head is where the partition was seeked to: it was read
+        # from there.
+        head = committed if committed is not None else self.seeked_to.get(tp, min(acked))
         lowest_acked = min(acked)
         if lowest_acked > head and not self._gap_covers(tp, head, lowest_acked):
             if not in_flight:
@@ -589,7 +582,7 @@ class SafeConsumer(faust_aiokafka.Consumer):
         """Read records that are neither acked nor in flight: read them again (after stall_s)."""
         read, committed = self.delivered_to.get(tp), self._committed_offset.get(tp)
         if committed is None:
-            committed = self.delivered_from.get(tp)
+            committed = self.seeked_to.get(tp)
         generation = self.app.consumer_generation_id
         if (
             read is None
@@ -633,7 +626,12 @@ class SafeConsumer(faust_aiokafka.Consumer):
     ) -> tuple[dict[Any, int | None], Mapping[Any, int]]:
         """Each partition's committed offset, and where the reset policy starts those without."""
         consumer = self._thread._ensure_consumer()
-        committed: dict[Any, int | None] = {tp: await consumer.committed(tp) for tp in assigned}
+        # One request for all (aiokafka's `committed` asks per partition); -1: none committed.
+        found = await consumer._coordinator.fetch_committed_offsets(assigned)
+        committed: dict[Any, int | None] = {}
+        for tp in assigned:
+            offset = found[tp].offset if tp in found else -1
+            committed[tp] = None if offset == -1 else offset
         fresh = [tp for tp, offset in committed.items() if offset is None]
         start: Mapping[Any, int] = {}
         if fresh:
@@ -665,13 +663,17 @@ class SafeConsumer(faust_aiokafka.Consumer):
             # must not go on to end the rebalance), and the new one's seek follows.
             raise RebalanceAgain()
         self.batches.forget()
-        self.delivered_from.clear()
         self.delivered_to.clear()
+        seeked = {
+            ensure_TP(tp): offset if offset is not None else start[tp]
+            for tp, offset in committed.items()
+        }
         try:
-            for tp, offset in committed.items():
-                consumer.seek(tp, offset if offset is not None else start[tp])
+            for tp in committed:
+                consumer.seek(tp, seeked[ensure_TP(tp)])
         except IllegalStateError as exc:  # the assignment moved under the seek
             raise RebalanceAgain() from exc
+        self.seeked_to = seeked
         # Faust's bookkeeping, as its perform_seek keeps it.
         self._read_offset.update(
             {

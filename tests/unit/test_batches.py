@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -288,12 +289,16 @@ class Committed:
     def __init__(self, committed: dict[Any, int | None], beginning: dict[Any, int]) -> None:
         self._committed, self._beginning = committed, beginning
         self.seeks: dict[Any, int] = {}
+        self._coordinator = self  # aiokafka asks its group coordinator
 
     def assignment(self) -> set[Any]:
         return set(self._committed)
 
-    async def committed(self, tp: Any) -> int | None:
-        return self._committed[tp]
+    async def fetch_committed_offsets(self, tps: list[Any]) -> dict[Any, Any]:
+        return {
+            tp: SimpleNamespace(offset=-1 if self._committed[tp] is None else self._committed[tp])
+            for tp in tps
+        }
 
     async def beginning_offsets(self, tps: list[Any]) -> dict[Any, int]:
         return {tp: self._beginning[tp] for tp in tps}
@@ -318,7 +323,7 @@ def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
 
     monkeypatch.setattr(c._thread, "call_thread", on_the_consumer_thread)
     c.batches._pending[never] = deque([record(topic, 9, 9)])  # fetched before the seek
-    c.delivered_from[never], c.delivered_to[never] = 4, 9
+    c.seeked_to[never], c.delivered_to[never] = 4, 9
     c._seeked_generation = -1
     assert c._holding()
 
@@ -326,7 +331,8 @@ def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
 
     asyncio.run(c.perform_seek())
     assert broker.seeks == {never: 3, zero: 0, seven: 7}  # a changelog is recovery's to place
-    assert c.batches.buffered == 0 and not c.delivered_to and not c.delivered_from
+    assert c.batches.buffered == 0 and not c.delivered_to
+    assert c.seeked_to == {never: 3, zero: 0, seven: 7}  # where each was read from
     assert c._read_offset[never] is None and c._read_offset[seven] == 7
     assert c._seeked_generation == app.consumer_generation_id
     assert not c._holding()
@@ -334,19 +340,19 @@ def test_the_closing_seek_moves_every_partition_and_drops_what_was_buffered(
     assert c._holding()
 
 
-def test_without_a_committed_offset_the_head_is_the_first_offset_handed_over(
+def test_without_a_committed_offset_the_head_is_where_the_partition_was_seeked_to(
     tmp_path: Path,
 ) -> None:
     """A dropped first batch holds the commit; Faust took the lowest acked offset as the head."""
     app, c = consumer(tmp_path)
     tp = TP(app.topics_.payments.get_topic_name(), 0)
     c._committed_offset[tp] = None
-    c.delivered_from[tp], c.delivered_to[tp] = 0, 7
+    c.seeked_to[tp], c.delivered_to[tp] = 0, 7
     later = batch(app, range(4, 8))
     c._unacked_messages.add(later)
     c.ack(later)
     assert c._new_offset(tp) is None  # 0..3 were handed over, never acked, not in flight
-    c.delivered_from[tp] = 4
+    c.seeked_to[tp] = 4
     assert c._new_offset(tp) == 8
 
 

@@ -303,6 +303,10 @@ def test_faust_clears_the_agents_queues_after_its_closing_seek(app: AtlasApp) ->
     assert app.rebalancing is False
     assert "self.rebalancing = True" in inspect.getsource(faust.App.on_rebalance_start)
     assert "self.rebalancing = False" in inspect.getsource(faust.App.on_rebalance_end)
+    # The committed offsets come from aiokafka's coordinator in one request; -1 is "none".
+    committed = inspect.getsource(AIOKafkaConsumer.committed)
+    assert "self._coordinator.fetch_committed_offsets([partition])" in committed
+    assert "commit_map[partition].offset" in committed and "committed == -1" in committed
     # aiokafka's own seek skips partitions committed at 0 or not at all; ours replaces it.
     assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
     perform = inspect.getsource(faust_consumer.Consumer.perform_seek)
